@@ -1,0 +1,23 @@
+"""memosys: a memory operating system for LLM applications."""
+
+from memosys.errors import (
+    ConflictError,
+    EmbedderMismatchError,
+    MemosysError,
+    NotFoundError,
+    StorageError,
+    ValidationError,
+)
+from memosys.system import MemOS, Message, SearchFilters
+
+__all__ = [
+    "ConflictError",
+    "EmbedderMismatchError",
+    "MemOS",
+    "MemosysError",
+    "Message",
+    "NotFoundError",
+    "SearchFilters",
+    "StorageError",
+    "ValidationError",
+]

@@ -1,0 +1,3 @@
+from memosys.interface.cli import main
+
+main()

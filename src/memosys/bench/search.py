@@ -1,0 +1,112 @@
+"""`memosys bench search`: insert rate and hybrid-search latency as a cube grows.
+
+Texts are real conversation turns (the LoCoMo dev split when it is beside the repository),
+repeated with a variant marker to reach the target size, so every stored text is unique
+and really embedded. Queries are the benchmark's real questions. The cube grows in stages
+(1k, 10k, 100k, ...) and each stage reports its own insert rate and search latencies
+through the full runtime path (embed query, BM25, vector, fusion, fetch, access stats).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from memosys.config import Settings
+from memosys.system import MemOS
+from memosys.types import MemoryItem, MemoryType
+
+DEFAULT_LOCOMO = Path(__file__).resolve().parents[3].parent / "shared/data/locomo_dev.json"
+
+_FALLBACK_SUBJECTS = ["Alice", "Bob", "my sister", "the team", "our neighbour", "Dr. Chen"]
+_FALLBACK_VERBS = ["visited", "painted", "booked", "cancelled", "recommended", "repaired"]
+_FALLBACK_OBJECTS = ["the museum", "a blue bicycle", "a flight to Oslo", "the garden shed",
+                     "a vegetarian restaurant", "the kitchen sink", "a climbing course"]
+
+
+def load_corpus(path: Path = DEFAULT_LOCOMO) -> tuple[list[str], list[str]]:
+    """(turn texts, questions) from LoCoMo, or generated sentences if it is absent."""
+    if path.exists():
+        data = json.loads(path.read_text())
+        turns: list[str] = []
+        questions: list[str] = []
+        for sample in data:
+            conv = sample["conversation"]
+            for key, session in conv.items():
+                if key.startswith("session_") and isinstance(session, list):
+                    turns.extend(f"{t['speaker']}: {t['text']}" for t in session)
+            questions.extend(q["question"] for q in sample["qa"])
+        return turns, questions
+    rng = np.random.default_rng(0)
+    sentences = [f"{s} {v} {o}" for s in _FALLBACK_SUBJECTS for v in _FALLBACK_VERBS
+                 for o in _FALLBACK_OBJECTS]
+    rng.shuffle(sentences)
+    questions = [f"who {v} {o}?" for v in _FALLBACK_VERBS for o in _FALLBACK_OBJECTS]
+    return sentences, questions
+
+
+def _texts(turns: list[str]) -> Iterator[str]:
+    copy = 0
+    while True:
+        for turn in turns:
+            yield turn if copy == 0 else f"{turn} [variant {copy}]"
+        copy += 1
+
+
+def _stages(n: int) -> list[int]:
+    stages = [s for s in (1_000, 10_000, 100_000, 1_000_000) if s < n]
+    return [*stages, n]
+
+
+def run_search_bench(
+    n: int, queries: int, json_file: Path | None, out: Console, data: Path = DEFAULT_LOCOMO
+) -> list[dict[str, float]]:
+    turns, questions = load_corpus(data)
+    source = _texts(turns)
+    rows: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="memosys-bench-") as home, MemOS(
+        Settings.load(home)
+    ) as mos:
+        cube = mos.create_cube("bench")
+        out.print(f"corpus: {len(turns)} turns, {len(questions)} questions "
+                  f"({'LoCoMo dev' if data.exists() else 'generated'}); "
+                  f"ANN threshold {mos.settings.ann_threshold}")
+        size = 0
+        for target in _stages(n):
+            batch = [MemoryItem(cube_id=cube.id, text=next(source),
+                                memory_type=MemoryType.EPISODE) for _ in range(target - size)]
+            start = time.perf_counter()
+            mos.add_items("bench", batch)
+            insert_s = time.perf_counter() - start
+            size = target
+            mos.search("warm up", "bench")  # first search builds this process's index
+            latencies = []
+            for q in questions[:queries]:
+                t0 = time.perf_counter()
+                mos.search(q, "bench", top_k=10)
+                latencies.append((time.perf_counter() - t0) * 1000)
+            row = {
+                "n": target,
+                "insert_per_s": round(len(batch) / insert_s, 1),
+                "search_p50_ms": round(float(np.percentile(latencies, 50)), 2),
+                "search_p95_ms": round(float(np.percentile(latencies, 95)), 2),
+            }
+            rows.append(row)
+            out.print(f"  {target:>8} items: {row}")
+    table = Table(title="memosys bench search (hybrid BM25 + vector, top_k=10)")
+    for col in ("items", "insert/s (incl. embedding)", "search p50 ms", "search p95 ms"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(f"{int(r['n']):,}", f"{r['insert_per_s']:.0f}",
+                      f"{r['search_p50_ms']:.1f}", f"{r['search_p95_ms']:.1f}")
+    out.print(table)
+    if json_file is not None:
+        json_file.write_text(json.dumps({"rows": rows}, indent=2))
+    return rows

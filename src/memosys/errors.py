@@ -1,0 +1,47 @@
+"""Typed errors. Every interface maps these to its own form (exit code, HTTP status)."""
+
+from __future__ import annotations
+
+
+class MemosysError(Exception):
+    """Base class; `code` is stable and machine-readable, the message is for people."""
+
+    code = "error"
+    exit_code = 1
+
+
+class ValidationError(MemosysError, ValueError):
+    code = "invalid_input"
+    exit_code = 2
+
+
+class NotFoundError(MemosysError, KeyError):
+    code = "not_found"
+    exit_code = 3
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "not found"
+
+
+class ConflictError(MemosysError):
+    """A write raced another writer or the target already exists."""
+
+    code = "conflict"
+    exit_code = 4
+
+
+class EmbedderMismatchError(MemosysError):
+    code = "embedder_mismatch"
+    exit_code = 5
+
+
+class StorageError(MemosysError):
+    code = "storage_error"
+    exit_code = 6
+
+
+class EmbedderError(MemosysError):
+    """A bad embedder spec, a failing endpoint, or malformed embeddings."""
+
+    code = "embedder_error"
+    exit_code = 7

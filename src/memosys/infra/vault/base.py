@@ -1,0 +1,160 @@
+"""The storage interface (MemVault). SQLite is the embedded default; PostgreSQL implements
+the same contract. Backends store and index; the runtime (`memosys.system`) decides.
+
+One write primitive, `commit`, applies a batch of item writes atomically with optimistic
+version checks, so every higher-level operation (update, delete, rollback, cube rollback)
+is expressed once in the runtime and stays correct under concurrent writers.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+
+from memosys.types import CubeConfig, MemCube, MemoryItem, MemoryState, MemoryType
+
+
+@dataclass(frozen=True)
+class ItemFilter:
+    """What a listing or search may return. Empty fields do not filter."""
+
+    cube_ids: tuple[str, ...] = ()
+    ids: tuple[str, ...] = ()
+    memory_types: tuple[MemoryType, ...] = ()
+    states: tuple[MemoryState, ...] = (MemoryState.ACTIVE,)
+    user: str | None = None
+    agent: str | None = None
+    session: str | None = None
+    owner: str | None = None
+    tags: tuple[str, ...] = ()
+    """An item must carry every listed tag."""
+    since: datetime | None = None
+    until: datetime | None = None
+    """Event time (valid_from, else created_at) within [since, until]."""
+    valid_at: datetime | None = None
+    """Only memories whose validity interval contains this instant."""
+
+
+@dataclass
+class Write:
+    """One item's next state. `expected_version` None means create."""
+
+    item: MemoryItem
+    op: str
+    expected_version: int | None = None
+    vector: np.ndarray | None = None
+    """New embedding; None keeps the stored one (metadata-only change)."""
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    item: MemoryItem
+    clock: int
+    op: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    cube_id: str
+    clock: int
+    at: datetime
+    label: str = ""
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class Change:
+    """An item that changed after a clock value: its state now and as of then."""
+
+    item_id: str
+    current: MemoryItem
+    then: MemoryItem | None
+
+
+class Vault(ABC):
+    """Storage backend contract. All methods are safe to call from several threads."""
+
+    # --- cubes -----------------------------------------------------------------------
+    @abstractmethod
+    def create_cube(self, cube: MemCube) -> MemCube:
+        """ConflictError if a cube with that name exists."""
+
+    @abstractmethod
+    def get_cube(self, id_or_name: str) -> MemCube:
+        """NotFoundError if absent."""
+
+    @abstractmethod
+    def list_cubes(self) -> list[MemCube]: ...
+
+    @abstractmethod
+    def replace_vectors(
+        self, cube_id: str, vectors: dict[str, np.ndarray], config: CubeConfig
+    ) -> None:
+        """Swap a cube's embeddings and embedder config in one transaction (re-embed)."""
+
+    # --- items -----------------------------------------------------------------------
+    @abstractmethod
+    def commit(self, cube_id: str, writes: Sequence[Write]) -> list[MemoryItem]:
+        """Apply writes atomically: check versions (ConflictError on a mismatch or a
+        duplicate create), advance the cube clock once, store each item as the next
+        version, keep the full version history, update text and vector indexes.
+        Returns the stored items with their new versions."""
+
+    @abstractmethod
+    def get_many(self, ids: Sequence[str]) -> dict[str, MemoryItem]:
+        """Items that exist (any state); unknown ids are left out."""
+
+    @abstractmethod
+    def history(self, item_id: str) -> list[VersionRecord]:
+        """Every stored version, oldest first; empty if the id is unknown."""
+
+    @abstractmethod
+    def changes_since(self, cube_id: str, clock: int) -> list[Change]:
+        """Items written after `clock`, with their state as of `clock` (None: not yet
+        created then)."""
+
+    @abstractmethod
+    def purge(self, ids: Sequence[str]) -> int:
+        """Erase items, every version, vector and index entry, so the text is gone from
+        the storage files. Returns how many were erased."""
+
+    @abstractmethod
+    def list_items(
+        self, flt: ItemFilter, limit: int = 100, offset: int = 0
+    ) -> list[MemoryItem]:
+        """Newest first (by created_at)."""
+
+    @abstractmethod
+    def count(self, flt: ItemFilter) -> int: ...
+
+    @abstractmethod
+    def search_text(self, query: str, flt: ItemFilter, limit: int) -> list[tuple[str, float]]:
+        """BM25 full-text search, best first; higher score is better."""
+
+    @abstractmethod
+    def search_vector(
+        self, vector: np.ndarray, flt: ItemFilter, limit: int
+    ) -> list[tuple[str, float]]:
+        """Cosine search over stored embeddings, best first."""
+
+    @abstractmethod
+    def record_access(self, ids: Sequence[str], *, used_in_answer: bool = False) -> None:
+        """Bump usage statistics without writing a new version."""
+
+    @abstractmethod
+    def add_feedback(self, item_id: str, delta: float) -> None: ...
+
+    # --- snapshots -------------------------------------------------------------------
+    @abstractmethod
+    def create_snapshot(self, cube_id: str, label: str = "") -> Snapshot: ...
+
+    @abstractmethod
+    def list_snapshots(self, cube_id: str) -> list[Snapshot]: ...
+
+    @abstractmethod
+    def close(self) -> None: ...

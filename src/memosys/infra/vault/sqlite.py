@@ -1,0 +1,701 @@
+"""Embedded MemVault on one SQLite file: WAL, FTS5 (BM25), version history, float32 vectors.
+
+Several threads and several processes may share one file. Writes take the database write
+lock up front (BEGIN IMMEDIATE) so version checks and the cube clock are race-free.
+Each process keeps an in-memory vector index per cube and catches up with other writers
+through `vec_log`, an append-only list of vector changes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from memosys.errors import ConflictError, NotFoundError, StorageError, ValidationError
+from memosys.infra.vault.base import (
+    Change,
+    ItemFilter,
+    Snapshot,
+    Vault,
+    VersionRecord,
+    Write,
+)
+from memosys.infra.vault.fts_query import fts_match_expression
+from memosys.infra.vault.vector_index import VectorIndex
+from memosys.types import CubeConfig, MemCube, MemoryItem, Stats
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cubes (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    clock INTEGER NOT NULL DEFAULT 0,
+    doc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS items (
+    rowid INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    cube_id TEXT NOT NULL REFERENCES cubes(id),
+    memory_type TEXT NOT NULL,
+    state TEXT NOT NULL,
+    user_id TEXT, agent_id TEXT, session_id TEXT, owner TEXT,
+    event_time REAL NOT NULL,
+    valid_from REAL, valid_to REAL,
+    created_at REAL NOT NULL,
+    version INTEGER NOT NULL,
+    doc TEXT NOT NULL,
+    access_count INTEGER NOT NULL DEFAULT 0,
+    last_accessed REAL,
+    used_in_answer_count INTEGER NOT NULL DEFAULT 0,
+    feedback_score REAL NOT NULL DEFAULT 0,
+    heat REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS items_cube_state ON items(cube_id, state, created_at);
+CREATE INDEX IF NOT EXISTS items_cube_session ON items(cube_id, session_id);
+CREATE INDEX IF NOT EXISTS items_cube_user ON items(cube_id, user_id);
+CREATE INDEX IF NOT EXISTS items_cube_event ON items(cube_id, event_time);
+CREATE TABLE IF NOT EXISTS item_tags (
+    item_rowid INTEGER NOT NULL REFERENCES items(rowid) ON DELETE CASCADE,
+    tag TEXT NOT NULL,
+    PRIMARY KEY (tag, item_rowid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS item_tags_item ON item_tags(item_rowid);
+CREATE TABLE IF NOT EXISTS item_versions (
+    item_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    cube_id TEXT NOT NULL,
+    clock INTEGER NOT NULL,
+    op TEXT NOT NULL,
+    at REAL NOT NULL,
+    doc TEXT NOT NULL,
+    PRIMARY KEY (item_id, version)
+);
+CREATE INDEX IF NOT EXISTS item_versions_clock ON item_versions(cube_id, clock);
+CREATE TABLE IF NOT EXISTS vectors (
+    item_rowid INTEGER PRIMARY KEY REFERENCES items(rowid) ON DELETE CASCADE,
+    cube_id TEXT NOT NULL,
+    vec BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS vec_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    cube_id TEXT NOT NULL,
+    item_rowid INTEGER NOT NULL,
+    removed INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS vec_log_cube ON vec_log(cube_id, seq);
+CREATE TABLE IF NOT EXISTS snapshots (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    cube_id TEXT NOT NULL REFERENCES cubes(id),
+    clock INTEGER NOT NULL,
+    label TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE VIRTUAL TABLE IF NOT EXISTS items_fts USING fts5(
+    text, tags, tokenize = 'porter unicode61 remove_diacritics 2'
+);
+"""
+
+
+def _ts(value: datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+def _dt(value: float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, UTC) if value is not None else None
+
+
+def _item_doc(item: MemoryItem) -> str:
+    return item.model_dump_json(exclude={"stats"})
+
+
+class _CubeVectors:
+    """One cube's in-memory index and how far it has read `vec_log`."""
+
+    def __init__(self, dim: int) -> None:
+        self.index = VectorIndex(dim)
+        self.seq = 0
+        self.lock = threading.Lock()
+
+
+class SQLiteVault(Vault):
+    def __init__(self, path: str | Path, *, ann_threshold: int | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._vectors: dict[str, _CubeVectors] = {}
+        self._vectors_lock = threading.Lock()
+        self._ann_threshold = ann_threshold
+        self._closed = False
+        # Idempotent DDL, run outside a transaction: executescript commits on its own.
+        self._conn().executescript(_SCHEMA)
+        with self._write() as conn:
+            found = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if found is None:
+                conn.execute(
+                    "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                )
+            elif int(found[0]) > SCHEMA_VERSION:
+                raise StorageError(
+                    f"{self.path} has schema version {found[0]}; this memosys knows "
+                    f"{SCHEMA_VERSION}. Upgrade memosys."
+                )
+
+    # --- connections -----------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StorageError("the vault is closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            # Erased pages are zeroed so purged text does not linger in free pages.
+            conn.execute("PRAGMA secure_delete=ON")
+            conn.execute("PRAGMA busy_timeout=60000")
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StorageError(f"could not lock {self.path} for writing: {exc}") from exc
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._conns_lock:
+            for conn in self._conns:
+                # A connection made by another thread refuses close(); sqlite frees it
+                # when that thread's objects go.
+                with suppress(sqlite3.ProgrammingError):
+                    conn.close()
+            self._conns.clear()
+        self._closed = True
+
+    # --- cubes -----------------------------------------------------------------------
+    def create_cube(self, cube: MemCube) -> MemCube:
+        with self._write() as conn:
+            try:
+                conn.execute(
+                    "INSERT INTO cubes (id, name, clock, doc) VALUES (?, ?, ?, ?)",
+                    (cube.id, cube.name, cube.clock, cube.model_dump_json()),
+                )
+            except sqlite3.IntegrityError:
+                raise ConflictError(f"a cube named {cube.name!r} already exists") from None
+        return cube
+
+    def get_cube(self, id_or_name: str) -> MemCube:
+        row = self._conn().execute(
+            "SELECT doc, clock FROM cubes WHERE id = ? OR name = ?", (id_or_name, id_or_name)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no cube {id_or_name!r}")
+        return MemCube.model_validate_json(row[0]).model_copy(update={"clock": row[1]})
+
+    def list_cubes(self) -> list[MemCube]:
+        rows = self._conn().execute("SELECT doc, clock FROM cubes ORDER BY name").fetchall()
+        return [MemCube.model_validate_json(d).model_copy(update={"clock": c}) for d, c in rows]
+
+    def replace_vectors(
+        self, cube_id: str, vectors: dict[str, np.ndarray], config: CubeConfig
+    ) -> None:
+        cube = self.get_cube(cube_id)
+        with self._write() as conn:
+            rowids = self._rowids(conn, list(vectors))
+            for item_id, vec in vectors.items():
+                self._store_vector(conn, cube.id, rowids[item_id], vec, config.embedding_dim)
+            doc = cube.model_copy(update={"config": config}).model_dump_json()
+            conn.execute("UPDATE cubes SET doc = ? WHERE id = ?", (doc, cube.id))
+        with self._vectors_lock:
+            self._vectors.pop(cube.id, None)  # dimension may have changed: rebuild lazily
+
+    # --- items -----------------------------------------------------------------------
+    def commit(self, cube_id: str, writes: Sequence[Write]) -> list[MemoryItem]:
+        if not writes:
+            return []
+        now = datetime.now(UTC)
+        stored: list[MemoryItem] = []
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT clock, doc FROM cubes WHERE id = ?", (cube_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no cube {cube_id!r}")
+            clock = row[0] + 1
+            dim = MemCube.model_validate_json(row[1]).config.embedding_dim
+            conn.execute("UPDATE cubes SET clock = ? WHERE id = ?", (clock, cube_id))
+            for write in writes:
+                stored.append(self._apply(conn, cube_id, clock, dim, write, now))
+        return stored
+
+    def _apply(
+        self,
+        conn: sqlite3.Connection,
+        cube_id: str,
+        clock: int,
+        dim: int,
+        write: Write,
+        now: datetime,
+    ) -> MemoryItem:
+        item = write.item
+        if item.cube_id != cube_id:
+            raise ValidationError(f"item {item.id} belongs to cube {item.cube_id}, not {cube_id}")
+        current = conn.execute(
+            "SELECT rowid, version FROM items WHERE id = ?", (item.id,)
+        ).fetchone()
+        if write.expected_version is None:
+            if current is not None:
+                raise ConflictError(f"memory {item.id} already exists")
+            version = 1
+        else:
+            if current is None:
+                raise NotFoundError(f"no memory {item.id!r}")
+            if current[1] != write.expected_version:
+                raise ConflictError(
+                    f"memory {item.id} is at version {current[1]}, "
+                    f"expected {write.expected_version}: it changed meanwhile"
+                )
+            version = current[1] + 1
+            if write.vector is None and conn.execute(
+                "SELECT 1 FROM vectors WHERE item_rowid = ?", (current[0],)
+            ).fetchone() is None:
+                raise ValidationError(f"memory {item.id} has no embedding; pass one")
+        if write.expected_version is None and write.vector is None:
+            raise ValidationError(f"new memory {item.id} needs an embedding")
+        item = item.model_copy(
+            update={"version": version, "updated_at": now if version > 1 else item.updated_at}
+        )
+        src = item.source
+        values = (
+            item.id, cube_id, item.memory_type.value, item.state.value, src.user, src.agent,
+            src.session, item.owner, item.event_time.timestamp(), _ts(item.valid_from),
+            _ts(item.valid_to), item.created_at.timestamp(), version, _item_doc(item),
+        )
+        if current is None:
+            cur = conn.execute(
+                "INSERT INTO items (id, cube_id, memory_type, state, user_id, agent_id, "
+                "session_id, owner, event_time, valid_from, valid_to, created_at, version, doc)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                values,
+            )
+            rowid = int(cur.lastrowid or 0)
+        else:
+            rowid = current[0]
+            conn.execute(
+                "UPDATE items SET id=?, cube_id=?, memory_type=?, state=?, user_id=?, "
+                "agent_id=?, session_id=?, owner=?, event_time=?, valid_from=?, valid_to=?, "
+                "created_at=?, version=?, doc=? WHERE rowid = ?",
+                (*values, rowid),
+            )
+            conn.execute("DELETE FROM item_tags WHERE item_rowid = ?", (rowid,))
+            conn.execute("DELETE FROM items_fts WHERE rowid = ?", (rowid,))
+        conn.executemany(
+            "INSERT INTO item_tags (item_rowid, tag) VALUES (?, ?)",
+            [(rowid, tag) for tag in item.tags],
+        )
+        conn.execute(
+            "INSERT INTO items_fts (rowid, text, tags) VALUES (?, ?, ?)",
+            (rowid, item.text, " ".join(item.tags)),
+        )
+        conn.execute(
+            "INSERT INTO item_versions (item_id, version, cube_id, clock, op, at, doc) "
+            "VALUES (?,?,?,?,?,?,?)",
+            (item.id, version, cube_id, clock, write.op, now.timestamp(), _item_doc(item)),
+        )
+        if write.vector is not None:
+            self._store_vector(conn, cube_id, rowid, write.vector, dim)
+        return item
+
+    def _store_vector(
+        self, conn: sqlite3.Connection, cube_id: str, rowid: int, vec: np.ndarray, dim: int
+    ) -> None:
+        arr = np.asarray(vec, dtype=np.float32).reshape(-1)
+        if arr.shape[0] != dim:
+            raise ValidationError(f"embedding has dimension {arr.shape[0]}, cube expects {dim}")
+        conn.execute(
+            "INSERT OR REPLACE INTO vectors (item_rowid, cube_id, vec) VALUES (?, ?, ?)",
+            (rowid, cube_id, arr.tobytes()),
+        )
+        conn.execute(
+            "INSERT INTO vec_log (cube_id, item_rowid, removed) VALUES (?, ?, 0)",
+            (cube_id, rowid),
+        )
+
+    @staticmethod
+    def _rowids(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for chunk in _chunks(list(ids), 500):
+            marks = ",".join("?" * len(chunk))
+            for item_id, rowid in conn.execute(
+                f"SELECT id, rowid FROM items WHERE id IN ({marks})", chunk
+            ):
+                out[item_id] = rowid
+        missing = [i for i in ids if i not in out]
+        if missing:
+            raise NotFoundError(f"no memory {missing[0]!r}")
+        return out
+
+    def _row_to_item(self, row: sqlite3.Row | tuple[Any, ...]) -> MemoryItem:
+        doc, access, last, used, feedback, heat = row
+        item = MemoryItem.model_validate_json(doc)
+        item.stats = Stats(
+            access_count=access,
+            last_accessed=_dt(last),
+            used_in_answer_count=used,
+            feedback_score=feedback,
+            heat=heat,
+        )
+        return item
+
+    _ITEM_COLS = "doc, access_count, last_accessed, used_in_answer_count, feedback_score, heat"
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, MemoryItem]:
+        out: dict[str, MemoryItem] = {}
+        conn = self._conn()
+        for chunk in _chunks(list(dict.fromkeys(ids)), 500):
+            marks = ",".join("?" * len(chunk))
+            for row in conn.execute(
+                f"SELECT {self._ITEM_COLS} FROM items WHERE id IN ({marks})", chunk
+            ):
+                item = self._row_to_item(row)
+                out[item.id] = item
+        return out
+
+    def history(self, item_id: str) -> list[VersionRecord]:
+        rows = self._conn().execute(
+            "SELECT doc, clock, op, at FROM item_versions WHERE item_id = ? ORDER BY version",
+            (item_id,),
+        ).fetchall()
+        return [
+            VersionRecord(MemoryItem.model_validate_json(d), c, op, _dt(at) or datetime.now(UTC))
+            for d, c, op, at in rows
+        ]
+
+    def changes_since(self, cube_id: str, clock: int) -> list[Change]:
+        conn = self._conn()
+        conn.execute("BEGIN")  # one consistent read across the queries below
+        try:
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT DISTINCT item_id FROM item_versions WHERE cube_id = ? AND clock > ?",
+                    (cube_id, clock),
+                )
+            ]
+            current = self.get_many(ids)
+            changes = []
+            for item_id in ids:
+                if item_id not in current:
+                    continue  # purged since: nothing left to restore
+                row = conn.execute(
+                    "SELECT doc FROM item_versions WHERE item_id = ? AND clock <= ? "
+                    "ORDER BY version DESC LIMIT 1",
+                    (item_id, clock),
+                ).fetchone()
+                then = MemoryItem.model_validate_json(row[0]) if row else None
+                changes.append(Change(item_id, current[item_id], then))
+        finally:
+            conn.execute("COMMIT")
+        return changes
+
+    def purge(self, ids: Sequence[str]) -> int:
+        erased = 0
+        with self._write() as conn:
+            for chunk in _chunks(list(dict.fromkeys(ids)), 500):
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(
+                    f"SELECT rowid, id, cube_id FROM items WHERE id IN ({marks})", chunk
+                ).fetchall()
+                for rowid, item_id, cube_id in rows:
+                    conn.execute("DELETE FROM items_fts WHERE rowid = ?", (rowid,))
+                    conn.execute("DELETE FROM vectors WHERE item_rowid = ?", (rowid,))
+                    conn.execute("DELETE FROM item_tags WHERE item_rowid = ?", (rowid,))
+                    conn.execute("DELETE FROM item_versions WHERE item_id = ?", (item_id,))
+                    conn.execute("DELETE FROM items WHERE rowid = ?", (rowid,))
+                    conn.execute(
+                        "INSERT INTO vec_log (cube_id, item_rowid, removed) VALUES (?, ?, 1)",
+                        (cube_id, rowid),
+                    )
+                    erased += 1
+            if erased:
+                # FTS5 keeps deleted terms in old segments until they are merged.
+                conn.execute("INSERT INTO items_fts (items_fts) VALUES ('optimize')")
+        if erased:
+            conn = self._conn()
+            # Old page images in the WAL would still hold the text.
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return erased
+
+    # --- queries ---------------------------------------------------------------------
+    @staticmethod
+    def _where(flt: ItemFilter, alias: str = "i") -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+
+        def any_of(column: str, values: Sequence[Any]) -> None:
+            clauses.append(f"{alias}.{column} IN ({','.join('?' * len(values))})")
+            params.extend(values)
+
+        if flt.cube_ids:
+            any_of("cube_id", flt.cube_ids)
+        if flt.ids:
+            any_of("id", flt.ids)
+        if flt.memory_types:
+            any_of("memory_type", [t.value for t in flt.memory_types])
+        if flt.states:
+            any_of("state", [s.value for s in flt.states])
+        for column, value in (
+            ("user_id", flt.user),
+            ("agent_id", flt.agent),
+            ("session_id", flt.session),
+            ("owner", flt.owner),
+        ):
+            if value is not None:
+                clauses.append(f"{alias}.{column} = ?")
+                params.append(value)
+        for tag in flt.tags:
+            clauses.append(
+                f"EXISTS (SELECT 1 FROM item_tags t WHERE t.tag = ? "
+                f"AND t.item_rowid = {alias}.rowid)"
+            )
+            params.append(tag)
+        if flt.since is not None:
+            clauses.append(f"{alias}.event_time >= ?")
+            params.append(flt.since.timestamp())
+        if flt.until is not None:
+            clauses.append(f"{alias}.event_time <= ?")
+            params.append(flt.until.timestamp())
+        if flt.valid_at is not None:
+            at = flt.valid_at.timestamp()
+            clauses.append(
+                f"{alias}.event_time <= ? AND ({alias}.valid_to IS NULL OR {alias}.valid_to > ?)"
+            )
+            params.extend([at, at])
+        return (" AND ".join(clauses) or "1"), params
+
+    def list_items(self, flt: ItemFilter, limit: int = 100, offset: int = 0) -> list[MemoryItem]:
+        where, params = self._where(flt)
+        rows = self._conn().execute(
+            f"SELECT {self._ITEM_COLS} FROM items i WHERE {where} "
+            "ORDER BY i.created_at DESC, i.rowid DESC LIMIT ? OFFSET ?",
+            (*params, limit, offset),
+        ).fetchall()
+        return [self._row_to_item(r) for r in rows]
+
+    def count(self, flt: ItemFilter) -> int:
+        where, params = self._where(flt)
+        return int(self._conn().execute(f"SELECT count(*) FROM items i WHERE {where}", params)
+                   .fetchone()[0])
+
+    def search_text(self, query: str, flt: ItemFilter, limit: int) -> list[tuple[str, float]]:
+        match = fts_match_expression(query)
+        if match is None:
+            return []
+        where, params = self._where(flt)
+        rows = self._conn().execute(
+            "SELECT i.id, bm25(items_fts) AS score FROM items_fts "
+            "JOIN items i ON i.rowid = items_fts.rowid "
+            f"WHERE items_fts MATCH ? AND {where} ORDER BY score LIMIT ?",
+            (match, *params, limit),
+        ).fetchall()
+        # bm25() is lower-is-better; negate so every search reports higher-is-better.
+        return [(item_id, -score) for item_id, score in rows]
+
+    def search_vector(
+        self, vector: np.ndarray, flt: ItemFilter, limit: int
+    ) -> list[tuple[str, float]]:
+        conn = self._conn()
+        cube_ids = list(flt.cube_ids) or [c.id for c in self.list_cubes()]
+        query = np.asarray(vector, dtype=np.float32).reshape(-1)
+        hits: list[tuple[int, float]] = []
+        for cube_id in cube_ids:
+            index = self._synced_index(conn, cube_id)
+            if index is None or len(index) == 0:
+                continue
+            if query.shape[0] != index.dim:
+                raise ValidationError(
+                    f"query embedding has dimension {query.shape[0]}, cube expects {index.dim}"
+                )
+            hits.extend(self._filtered_vector_hits(conn, index, query, flt, cube_id, limit))
+        hits.sort(key=lambda h: -h[1])
+        hits = hits[:limit]
+        ids = self._ids_for_rowids(conn, [h[0] for h in hits])
+        return [(ids[r], s) for r, s in hits if r in ids]
+
+    def _filtered_vector_hits(
+        self,
+        conn: sqlite3.Connection,
+        index: VectorIndex,
+        query: np.ndarray,
+        flt: ItemFilter,
+        cube_id: str,
+        limit: int,
+    ) -> list[tuple[int, float]]:
+        cube_flt = _with_cube(flt, cube_id)
+        where, params = self._where(cube_flt)
+        # Most searches filter little: over-fetch and check the filter on the candidates.
+        wanted = min(len(index), max(limit * 4, 50))
+        candidates = index.search(query, wanted)
+        passing = self._rowids_passing(conn, [k for k, _ in candidates], where, params)
+        hits = [(k, s) for k, s in candidates if k in passing]
+        if len(hits) >= limit or wanted >= len(index):
+            return hits[:limit]
+        # A selective filter: search exactly within the rows it allows.
+        allowed = np.fromiter(
+            (r for (r,) in conn.execute(f"SELECT i.rowid FROM items i WHERE {where}", params)),
+            dtype=np.int64,
+        )
+        if allowed.size == 0:
+            return []
+        return index.search(query, limit, allowed=allowed)
+
+    @staticmethod
+    def _rowids_passing(
+        conn: sqlite3.Connection, rowids: list[int], where: str, params: list[Any]
+    ) -> set[int]:
+        passing: set[int] = set()
+        for chunk in _chunks(rowids, 500):
+            marks = ",".join("?" * len(chunk))
+            passing.update(
+                r for (r,) in conn.execute(
+                    f"SELECT i.rowid FROM items i WHERE i.rowid IN ({marks}) AND {where}",
+                    (*chunk, *params),
+                )
+            )
+        return passing
+
+    @staticmethod
+    def _ids_for_rowids(conn: sqlite3.Connection, rowids: list[int]) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for chunk in _chunks(rowids, 500):
+            marks = ",".join("?" * len(chunk))
+            out.update(
+                conn.execute(f"SELECT rowid, id FROM items WHERE rowid IN ({marks})", chunk)
+            )
+        return out
+
+    def _synced_index(self, conn: sqlite3.Connection, cube_id: str) -> VectorIndex | None:
+        with self._vectors_lock:
+            state = self._vectors.get(cube_id)
+            if state is None:
+                row = conn.execute("SELECT doc FROM cubes WHERE id = ?", (cube_id,)).fetchone()
+                if row is None:
+                    return None
+                dim = MemCube.model_validate_json(row[0]).config.embedding_dim
+                state = _CubeVectors(dim)
+                if self._ann_threshold is not None:
+                    state.index = VectorIndex(dim, ann_threshold=self._ann_threshold)
+                self._vectors[cube_id] = state
+        with state.lock:
+            self._catch_up(conn, cube_id, state)
+        return state.index
+
+    @staticmethod
+    def _catch_up(conn: sqlite3.Connection, cube_id: str, state: _CubeVectors) -> None:
+        conn.execute("BEGIN")  # the log and the vectors read from one snapshot
+        try:
+            changes = conn.execute(
+                "SELECT seq, item_rowid, removed FROM vec_log WHERE cube_id = ? AND seq > ? "
+                "ORDER BY seq",
+                (cube_id, state.seq),
+            ).fetchall()
+            if not changes:
+                return
+            latest: dict[int, int] = {}
+            for _, rowid, removed in changes:
+                latest[rowid] = removed
+            removed_rows = [r for r, gone in latest.items() if gone]
+            live_rows = [r for r, gone in latest.items() if not gone]
+            keys: list[int] = []
+            vecs: list[np.ndarray] = []
+            for chunk in _chunks(live_rows, 500):
+                marks = ",".join("?" * len(chunk))
+                for rowid, blob in conn.execute(
+                    f"SELECT item_rowid, vec FROM vectors WHERE item_rowid IN ({marks})", chunk
+                ):
+                    keys.append(rowid)
+                    vecs.append(np.frombuffer(blob, dtype=np.float32))
+            state.seq = changes[-1][0]
+        finally:
+            conn.execute("COMMIT")
+        if removed_rows:
+            state.index.remove(removed_rows)
+        if keys:
+            state.index.upsert(np.asarray(keys, dtype=np.int64), np.vstack(vecs))
+
+    # --- statistics ------------------------------------------------------------------
+    def record_access(self, ids: Sequence[str], *, used_in_answer: bool = False) -> None:
+        if not ids:
+            return
+        now = datetime.now(UTC).timestamp()
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE items SET access_count = access_count + 1, last_accessed = ?, "
+                "used_in_answer_count = used_in_answer_count + ?, "
+                "heat = heat + ? WHERE id = ?",
+                [(now, int(used_in_answer), 2.0 if used_in_answer else 1.0, i) for i in ids],
+            )
+
+    def add_feedback(self, item_id: str, delta: float) -> None:
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE items SET feedback_score = feedback_score + ? WHERE id = ?",
+                (delta, item_id),
+            )
+            if cur.rowcount == 0:
+                raise NotFoundError(f"no memory {item_id!r}")
+
+    # --- snapshots -------------------------------------------------------------------
+    def create_snapshot(self, cube_id: str, label: str = "") -> Snapshot:
+        now = datetime.now(UTC)
+        with self._write() as conn:
+            row = conn.execute("SELECT clock FROM cubes WHERE id = ?", (cube_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no cube {cube_id!r}")
+            cur = conn.execute(
+                "INSERT INTO snapshots (cube_id, clock, label, at) VALUES (?, ?, ?, ?)",
+                (cube_id, row[0], label, now.timestamp()),
+            )
+        return Snapshot(cube_id, row[0], now, label, int(cur.lastrowid or 0))
+
+    def list_snapshots(self, cube_id: str) -> list[Snapshot]:
+        rows = self._conn().execute(
+            "SELECT id, clock, label, at FROM snapshots WHERE cube_id = ? ORDER BY id",
+            (cube_id,),
+        ).fetchall()
+        return [Snapshot(cube_id, c, _dt(at) or datetime.now(UTC), lb, i) for i, c, lb, at in rows]
+
+
+def _with_cube(flt: ItemFilter, cube_id: str) -> ItemFilter:
+    return replace(flt, cube_ids=(cube_id,))
+
+
+T = TypeVar("T")
+
+
+def _chunks(values: list[T], size: int) -> Iterator[list[T]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]

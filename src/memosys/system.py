@@ -1,0 +1,547 @@
+"""MemOS: the runtime and its Memory API — the one place every interface goes through.
+
+All higher-level writes (update, delete, rollback, cube rollback) are built on the vault's
+single atomic `commit` with optimistic version checks and retried on a lost race, so
+concurrent writers never lose an update or resurrect an overwritten one.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from memosys.config import Settings
+from memosys.errors import (
+    ConflictError,
+    EmbedderMismatchError,
+    NotFoundError,
+    ValidationError,
+)
+from memosys.infra.vault.base import ItemFilter, Snapshot, Vault, VersionRecord, Write
+from memosys.infra.vault.sqlite import SQLiteVault
+from memosys.models.embed import Embedder, make_embedder
+from memosys.operation.retrieval import HybridRetriever, SearchHit
+from memosys.types import (
+    CubeConfig,
+    MemCube,
+    MemoryItem,
+    MemoryState,
+    MemoryType,
+    Source,
+    Visibility,
+    as_utc,
+    validated,
+)
+
+_RETRIES = 12
+MAX_TOP_K = 1000
+_EMBED_BATCH = 64
+
+Progress = Callable[[int, int], None]
+"""Called with (done, total) during long work."""
+
+
+class Message(BaseModel):
+    """One chat message as a user sends it; stored verbatim as an episode memory."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: str = "user"
+    content: str
+    name: str | None = None
+    """Speaker's name, e.g. "Caroline"; included in the stored text for retrieval."""
+    id: str | None = None
+    timestamp: datetime | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _content(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("message content must not be empty")
+        return value
+
+
+@dataclass(frozen=True)
+class SearchFilters:
+    """Search/list filters as users give them (all optional)."""
+
+    memory_types: Sequence[str] = ()
+    states: Sequence[str] = ("active",)
+    user: str | None = None
+    agent: str | None = None
+    session: str | None = None
+    tags: Sequence[str] = ()
+    since: datetime | None = None
+    until: datetime | None = None
+    valid_at: datetime | None = None
+
+
+_UPDATABLE = {
+    "text", "memory_type", "tags", "valid_from", "valid_to", "visibility", "state",
+    "metadata", "owner", "sensitivity",
+}
+
+
+class MemOS:
+    """The memory runtime: mounts cubes in one vault and serves the Memory API."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        vault: Vault | None = None,
+        embedder: Embedder | None = None,
+    ) -> None:
+        self.settings = settings or Settings.load()
+        self.vault = vault or SQLiteVault(
+            self.settings.sqlite_path, ann_threshold=self.settings.ann_threshold
+        )
+        self.embedder = embedder or make_embedder(
+            self.settings.embedder,
+            base_url=self.settings.openai_base_url,
+            api_key=self.settings.openai_api_key,
+        )
+        self.retriever = HybridRetriever(self.vault, self.embedder)
+
+    @classmethod
+    def open(cls, home: str | Path | None = None, **overrides: Any) -> MemOS:
+        return cls(Settings.load(home, **overrides))
+
+    def close(self) -> None:
+        self.vault.close()
+
+    def __enter__(self) -> MemOS:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- cubes -----------------------------------------------------------------------
+    def create_cube(
+        self, name: str, *, owner: str | None = None, description: str = ""
+    ) -> MemCube:
+        config = CubeConfig(embedder_id=self.embedder.id, embedding_dim=self.embedder.dim)
+        cube = validated(MemCube, name=name, owner=owner, description=description,
+                         config=config)
+        return self.vault.create_cube(cube)
+
+    def get_cube(self, cube: str) -> MemCube:
+        """A cube by name or id, checked against this runtime's embedder."""
+        found = self.vault.get_cube(_text_arg("cube", cube))
+        cfg = found.config
+        if cfg.embedder_id != self.embedder.id or cfg.embedding_dim != self.embedder.dim:
+            raise EmbedderMismatchError(
+                f"cube {found.name!r} was embedded with {cfg.embedder_id} "
+                f"(dim {cfg.embedding_dim}) but this runtime uses {self.embedder.id} "
+                f"(dim {self.embedder.dim}); use that embedder, or re-embed the cube "
+                f"(`memosys reembed {found.name}`)"
+            )
+        return found
+
+    def ensure_cube(self, name: str, *, owner: str | None = None) -> MemCube:
+        try:
+            return self.get_cube(name)
+        except NotFoundError:
+            try:
+                return self.create_cube(name, owner=owner)
+            except ConflictError:  # created meanwhile by another writer
+                return self.get_cube(name)
+
+    def list_cubes(self) -> list[MemCube]:
+        return self.vault.list_cubes()
+
+    def reembed(self, cube: str, progress: Progress | None = None) -> int:
+        """Recompute every embedding of a cube with this runtime's embedder."""
+        found = self.vault.get_cube(_text_arg("cube", cube))
+        items = self._all_items(found.id)
+        vectors: dict[str, Any] = {}
+        for start in range(0, len(items), _EMBED_BATCH):
+            batch = items[start : start + _EMBED_BATCH]
+            for item, vec in zip(batch, self.embedder.embed([i.text for i in batch]),
+                                 strict=True):
+                vectors[item.id] = vec
+            if progress:
+                progress(len(vectors), len(items))
+        config = found.config.model_copy(
+            update={"embedder_id": self.embedder.id, "embedding_dim": self.embedder.dim}
+        )
+        self.vault.replace_vectors(found.id, vectors, config)
+        return len(vectors)
+
+    def _all_items(self, cube_id: str) -> list[MemoryItem]:
+        flt = ItemFilter(cube_ids=(cube_id,), states=())
+        out: list[MemoryItem] = []
+        while batch := self.vault.list_items(flt, limit=1000, offset=len(out)):
+            out.extend(batch)
+        return out
+
+    # --- adding ----------------------------------------------------------------------
+    def add(
+        self,
+        cube: str,
+        text: str | None = None,
+        *,
+        messages: Sequence[Message | dict[str, Any]] | None = None,
+        memory_type: str | MemoryType | None = None,
+        tags: Sequence[str] = (),
+        user: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
+        document_uri: str | None = None,
+        valid_from: datetime | None = None,
+        valid_to: datetime | None = None,
+        owner: str | None = None,
+        visibility: str | Visibility = Visibility.CUBE,
+        metadata: dict[str, Any] | None = None,
+        progress: Progress | None = None,
+    ) -> list[MemoryItem]:
+        """Store a text, or chat messages (each kept verbatim as an episode memory).
+
+        Acknowledged only once durable; a bad field fails the whole call before anything
+        is written."""
+        if (text is None) == (messages is None):
+            raise ValidationError("give exactly one of text or messages")
+        found = self.get_cube(cube)
+        common: dict[str, Any] = {
+            "cube_id": found.id,
+            "tags": list(_seq_arg("tags", tags)),
+            "owner": owner or user,
+            "visibility": visibility,
+            "metadata": dict(metadata or {}),
+            "valid_to": valid_to,
+        }
+        items: list[MemoryItem] = []
+        if text is not None:
+            items.append(validated(
+                MemoryItem,
+                **common,
+                text=_text_arg("text", text, allow_empty=True),
+                memory_type=memory_type or MemoryType.FACT,
+                valid_from=valid_from,
+                source=Source(user=user, agent=agent, session=session,
+                              document_uri=document_uri),
+            ))
+        else:
+            for raw in _seq_arg("messages", messages or ()):
+                msg = raw if isinstance(raw, Message) else validated(Message, **_dict_arg(raw))
+                speaker = msg.name or None
+                items.append(validated(
+                    MemoryItem,
+                    **{**common, "metadata": {**common["metadata"],
+                                              **({"speaker": speaker} if speaker else {})}},
+                    text=f"{speaker}: {msg.content}" if speaker else msg.content,
+                    memory_type=memory_type or MemoryType.EPISODE,
+                    valid_from=msg.timestamp or valid_from,
+                    source=Source(user=user, agent=agent, session=session, role=msg.role,
+                                  message_ids=[msg.id] if msg.id else [],
+                                  document_uri=document_uri),
+                ))
+        return self._insert(found.id, items, progress)
+
+    def add_items(
+        self, cube: str, items: Iterable[MemoryItem], progress: Progress | None = None
+    ) -> list[MemoryItem]:
+        """Store fully formed items (import, benchmarks, derived memories)."""
+        found = self.get_cube(cube)
+        batch = [i.model_copy(update={"cube_id": found.id}) for i in items]
+        return self._insert(found.id, batch, progress)
+
+    def _insert(
+        self, cube_id: str, items: list[MemoryItem], progress: Progress | None
+    ) -> list[MemoryItem]:
+        stored: list[MemoryItem] = []
+        for start in range(0, len(items), _EMBED_BATCH):
+            batch = items[start : start + _EMBED_BATCH]
+            vectors = self.embedder.embed([i.text for i in batch])
+            writes = [Write(i, "add", None, v) for i, v in zip(batch, vectors, strict=True)]
+            stored.extend(self.vault.commit(cube_id, writes))
+            if progress:
+                progress(len(stored), len(items))
+        return stored
+
+    # --- reading ---------------------------------------------------------------------
+    def get(self, item_id: str) -> MemoryItem:
+        item_id = _text_arg("id", item_id)
+        found = self.vault.get_many([item_id]).get(item_id)
+        if found is None:
+            raise NotFoundError(f"no memory {item_id!r}")
+        return found
+
+    def history(self, item_id: str) -> list[VersionRecord]:
+        records = self.vault.history(_text_arg("id", item_id))
+        if not records:
+            raise NotFoundError(f"no memory {item_id!r}")
+        return records
+
+    def list(
+        self,
+        cube: str,
+        filters: SearchFilters | dict[str, Any] | None = None,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[MemoryItem]:
+        found = self.vault.get_cube(_text_arg("cube", cube))
+        flt = self._filter([found.id], filters)
+        return self.vault.list_items(flt, _int_arg("limit", limit, 1, 10_000),
+                                     _int_arg("offset", offset, 0, None))
+
+    def search(
+        self,
+        query: str,
+        cube_ids: Sequence[str] | str | None = None,
+        top_k: int = 10,
+        filters: SearchFilters | dict[str, Any] | None = None,
+        *,
+        record_access: bool = True,
+    ) -> list[SearchHit]:
+        """Hybrid search over one or several cubes (all cubes when none are named)."""
+        query = _text_arg("query", query)
+        top_k = _int_arg("top_k", top_k, 1, MAX_TOP_K)
+        if isinstance(cube_ids, str):
+            cube_ids = [cube_ids]
+        names = list(_seq_arg("cube_ids", cube_ids)) if cube_ids else [
+            c.id for c in self.vault.list_cubes()
+        ]
+        cubes = [self.get_cube(c).id for c in names]
+        if not cubes:
+            return []
+        hits = self.retriever.search(query, self._filter(cubes, filters), top_k)
+        if record_access and hits:
+            self.vault.record_access([h.item.id for h in hits])
+        return hits
+
+    @staticmethod
+    def _filter(
+        cube_ids: list[str], filters: SearchFilters | dict[str, Any] | None
+    ) -> ItemFilter:
+        if filters is None:
+            filters = SearchFilters()
+        elif isinstance(filters, dict):
+            try:
+                filters = SearchFilters(**filters)
+            except TypeError as exc:
+                raise ValidationError(f"bad filters: {exc}") from None
+        try:
+            types = tuple(MemoryType(t) for t in _seq_arg("memory_types", filters.memory_types))
+            states = tuple(MemoryState(s) for s in _seq_arg("states", filters.states))
+        except ValueError as exc:
+            raise ValidationError(
+                f"{exc}; memory types: {[t.value for t in MemoryType]}, "
+                f"states: {[s.value for s in MemoryState]}"
+            ) from None
+        for name in ("since", "until", "valid_at"):
+            value = getattr(filters, name)
+            if value is not None and not isinstance(value, datetime):
+                raise ValidationError(f"{name} must be a datetime, got {type(value).__name__}")
+        return ItemFilter(
+            cube_ids=tuple(cube_ids),
+            memory_types=types,
+            states=states,
+            user=filters.user,
+            agent=filters.agent,
+            session=filters.session,
+            tags=tuple(_seq_arg("tags", filters.tags)),
+            since=as_utc(filters.since),
+            until=as_utc(filters.until),
+            valid_at=as_utc(filters.valid_at),
+        )
+
+    # --- changing --------------------------------------------------------------------
+    def update(
+        self, item_id: str, *, expected_version: int | None = None, **changes: Any
+    ) -> MemoryItem:
+        """Write a new version with `changes` (text, tags, memory_type, valid_from, ...).
+
+        With `expected_version`, fail with ConflictError if someone else wrote first;
+        without, apply the change on top of whatever is current."""
+        unknown = set(changes) - _UPDATABLE
+        if unknown:
+            raise ValidationError(
+                f"cannot update {sorted(unknown)}; updatable: {sorted(_UPDATABLE)}"
+            )
+        if not changes:
+            raise ValidationError("nothing to update")
+        return self._rewrite(item_id, "update", lambda _cur: changes, expected_version)
+
+    def delete(self, item_id: str) -> MemoryItem:
+        """Soft delete: a new version in state `deleted`, restorable by rollback."""
+        return self._rewrite(item_id, "delete", lambda _cur: {"state": MemoryState.DELETED})
+
+    def rollback(self, item_id: str, version: int) -> MemoryItem:
+        """Make an old version current again, as a new version (history keeps both)."""
+        version = _int_arg("version", version, 1, None)
+        records = {r.item.version: r.item for r in self.history(item_id)}
+        if version not in records:
+            raise NotFoundError(f"memory {item_id} has no version {version}")
+        return self._rewrite(item_id, "rollback", lambda _cur: _content(records[version]))
+
+    def purge(self, item_ids: Sequence[str] | str) -> int:
+        """Erase for good (e.g. an erasure request): no version, index entry or vector is
+        left. Cannot be undone."""
+        ids = [item_ids] if isinstance(item_ids, str) else list(_seq_arg("ids", item_ids))
+        ids = [_text_arg("id", i) for i in ids]
+        missing = set(ids) - set(self.vault.get_many(ids))
+        if missing:
+            raise NotFoundError(f"no memory {sorted(missing)[0]!r}")
+        return self.vault.purge(ids)
+
+    def feedback(self, item_id: str, delta: float) -> None:
+        if not isinstance(delta, int | float):
+            raise ValidationError("feedback must be a number")
+        self.vault.add_feedback(_text_arg("id", item_id), float(delta))
+
+    def _rewrite(
+        self,
+        item_id: str,
+        op: str,
+        change: Callable[[MemoryItem], dict[str, Any]],
+        expected_version: int | None = None,
+    ) -> MemoryItem:
+        embedded: dict[str, np.ndarray] = {}  # a lost race retries without re-embedding
+        for attempt in range(_RETRIES):
+            current = self.get(item_id)
+            self.get_cube(current.cube_id)
+            if expected_version is not None and current.version != expected_version:
+                raise ConflictError(
+                    f"memory {item_id} is at version {current.version}, "
+                    f"expected {expected_version}"
+                )
+            write = self._next_version(current, change(current), op, embedded)
+            try:
+                return self.vault.commit(current.cube_id, [write])[0]
+            except ConflictError:
+                if expected_version is not None:
+                    raise
+                _backoff(attempt)
+        raise ConflictError(f"memory {item_id} kept changing; gave up after {_RETRIES} tries")
+
+    def _next_version(
+        self,
+        current: MemoryItem,
+        changes: dict[str, Any],
+        op: str,
+        embedded: dict[str, np.ndarray] | None = None,
+    ) -> Write:
+        fields = current.model_dump(exclude={"stats", "version", "updated_at"})
+        fields.update(changes)
+        item = validated(MemoryItem, **fields)
+        vector = None
+        if item.text != current.text:
+            embedded = {} if embedded is None else embedded
+            if item.text not in embedded:
+                embedded[item.text] = self.embedder.embed([item.text])[0]
+            vector = embedded[item.text]
+        return Write(item, op, current.version, vector)
+
+    # --- cube versions ---------------------------------------------------------------
+    def snapshot(self, cube: str, label: str = "") -> Snapshot:
+        return self.vault.create_snapshot(self.vault.get_cube(_text_arg("cube", cube)).id,
+                                          label)
+
+    def snapshots(self, cube: str) -> list[Snapshot]:
+        return self.vault.list_snapshots(self.vault.get_cube(_text_arg("cube", cube)).id)
+
+    def rollback_cube(self, cube: str, snapshot: Snapshot | int) -> list[MemoryItem]:
+        """Return every memory of the cube to its state at the snapshot, as new versions
+        (so this rollback can itself be rolled back). Purged memories stay purged."""
+        found = self.get_cube(cube)
+        if isinstance(snapshot, Snapshot):
+            if snapshot.cube_id != found.id:
+                raise ValidationError("that snapshot belongs to another cube")
+            clock = snapshot.clock
+        else:
+            clock = _int_arg("snapshot", snapshot, 0, None)
+        embedded: dict[str, np.ndarray] = {}
+        for attempt in range(_RETRIES):
+            writes = []
+            for change in self.vault.changes_since(found.id, clock):
+                if change.then is None:
+                    if change.current.state == MemoryState.DELETED:
+                        continue
+                    target = {"state": MemoryState.DELETED}
+                else:
+                    target = _content(change.then)
+                    if target == _content(change.current):
+                        continue  # changed and changed back: nothing to restore
+                writes.append(
+                    self._next_version(change.current, target, "rollback_cube", embedded)
+                )
+            try:
+                return self.vault.commit(found.id, writes)
+            except ConflictError:
+                _backoff(attempt)
+        raise ConflictError(f"cube {found.name} kept changing; gave up after {_RETRIES} tries")
+
+    # --- statistics ------------------------------------------------------------------
+    def stats(self, cube: str | None = None) -> dict[str, Any]:
+        cubes = [self.vault.get_cube(cube)] if cube else self.vault.list_cubes()
+        out: dict[str, Any] = {"cubes": []}
+        for c in cubes:
+            by_state = {
+                s.value: self.vault.count(ItemFilter(cube_ids=(c.id,), states=(s,)))
+                for s in MemoryState
+            }
+            by_type = {
+                t.value: n
+                for t in MemoryType
+                if (n := self.vault.count(ItemFilter(cube_ids=(c.id,), memory_types=(t,))))
+            }
+            out["cubes"].append({
+                "id": c.id, "name": c.name, "owner": c.owner, "clock": c.clock,
+                "embedder": c.config.embedder_id, "dim": c.config.embedding_dim,
+                "items": sum(by_state.values()), "by_state": by_state, "by_type": by_type,
+            })
+        return out
+
+
+def _backoff(attempt: int) -> None:
+    """Randomised wait so writers that collided do not collide again in lockstep."""
+    time.sleep(random.uniform(0, 0.005 * 2**attempt))
+
+
+def _content(item: MemoryItem) -> dict[str, Any]:
+    """The fields a rollback restores: everything but identity, stats and bookkeeping."""
+    return item.model_dump(
+        include=_UPDATABLE | {"source", "supersedes", "derived_from"}
+    ) | {"state": item.state}
+
+
+def _text_arg(name: str, value: Any, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise ValidationError(f"{name} must be a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise ValidationError(f"{name} must not be empty")
+    return value
+
+
+def _int_arg(name: str, value: Any, low: int, high: int | None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ValidationError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def _seq_arg(name: str, value: Any) -> Sequence[Any]:
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence | tuple | list):
+        raise ValidationError(f"{name} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _dict_arg(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValidationError(f"a message must be a dict or Message, got {type(value).__name__}")
+    return value
+
+
+__all__ = ["MemOS", "Message", "SearchFilters", "SearchHit"]

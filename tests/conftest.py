@@ -1,0 +1,48 @@
+"""Shared fixtures: the embedder loads once per session; every test gets a fresh home."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from memosys.config import Settings  # noqa: E402
+from memosys.infra.vault.base import Vault  # noqa: E402
+from memosys.infra.vault.sqlite import SQLiteVault  # noqa: E402
+from memosys.models.embed import Embedder, make_embedder  # noqa: E402
+from memosys.system import MemOS  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Embedder:
+    return make_embedder("minilm")
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def mos(home: Path, embedder: Embedder) -> Iterator[MemOS]:
+    runtime = MemOS(Settings.load(home), embedder=embedder)
+    yield runtime
+    runtime.close()
+
+
+# The backend-agnostic suite runs once per backend listed here; the PostgreSQL backend
+# joins by adding its factory.
+BACKENDS: dict[str, Callable[[Path], Vault]] = {
+    "sqlite": lambda root: SQLiteVault(root / "vault.db"),
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def vault(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Vault]:
+    store = BACKENDS[request.param](tmp_path)
+    yield store
+    store.close()

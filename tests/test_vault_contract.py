@@ -1,0 +1,220 @@
+"""The storage contract, written against `Vault` only: every backend must pass it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from helpers import DIM, make_cube, make_item, unit_vectors
+from memosys.errors import ConflictError, NotFoundError, ValidationError
+from memosys.infra.vault.base import ItemFilter, Vault, Write
+from memosys.types import MemoryState, MemoryType, Source
+
+
+def _add(vault: Vault, cube, texts: list[str], seed: int = 0, **fields):
+    vecs = unit_vectors(len(texts), seed=seed)
+    writes = [Write(make_item(cube, t, **fields), "add", None, v)
+              for t, v in zip(texts, vecs, strict=True)]
+    return vault.commit(cube.id, writes)
+
+
+def test_cube_create_get_list_and_duplicate_name(vault: Vault) -> None:
+    cube = vault.create_cube(make_cube("alpha"))
+    assert vault.get_cube("alpha").id == cube.id
+    assert vault.get_cube(cube.id).name == "alpha"
+    assert [c.name for c in vault.list_cubes()] == ["alpha"]
+    with pytest.raises(ConflictError):
+        vault.create_cube(make_cube("alpha"))
+    with pytest.raises(NotFoundError):
+        vault.get_cube("nope")
+
+
+def test_commit_assigns_versions_and_advances_clock(vault: Vault) -> None:
+    cube = vault.create_cube(make_cube())
+    [item] = _add(vault, cube, ["first text"])
+    assert item.version == 1
+    assert vault.get_cube(cube.id).clock == 1
+    changed = item.model_copy(update={"text": "second text"})
+    [v2] = vault.commit(cube.id, [Write(changed, "update", 1, unit_vectors(1, seed=9)[0])])
+    assert v2.version == 2
+    assert vault.get_many([item.id])[item.id].text == "second text"
+    assert [(r.item.version, r.item.text, r.op) for r in vault.history(item.id)] == [
+        (1, "first text", "add"), (2, "second text", "update")]
+    assert vault.get_cube(cube.id).clock == 2
+
+
+def test_stale_write_is_rejected_and_changes_nothing(vault: Vault) -> None:
+    cube = vault.create_cube(make_cube())
+    [item] = _add(vault, cube, ["original"])
+    vault.commit(cube.id, [Write(item.model_copy(update={"text": "a"}), "update", 1)])
+    with pytest.raises(ConflictError):
+        vault.commit(cube.id, [Write(item.model_copy(update={"text": "b"}), "update", 1)])
+    assert vault.get_many([item.id])[item.id].text == "a"
+    assert len(vault.history(item.id)) == 2
+
+
+def test_batch_is_atomic(vault: Vault) -> None:
+    cube = vault.create_cube(make_cube())
+    [item] = _add(vault, cube, ["kept"])
+    fresh = make_item(cube, "should not appear")
+    duplicate = Write(item, "add", None, unit_vectors(1)[0])  # create of an existing id
+    with pytest.raises(ConflictError):
+        vault.commit(cube.id, [Write(fresh, "add", None, unit_vectors(1)[0]), duplicate])
+    assert vault.get_many([fresh.id]) == {}
+    assert vault.get_cube(cube.id).clock == 1
+
+
+def test_new_item_needs_vector_of_the_cube_dimension(vault: Vault) -> None:
+    cube = vault.create_cube(make_cube())
+    with pytest.raises(ValidationError):
+        vault.commit(cube.id, [Write(make_item(cube, "x"), "add", None, None)])
+    with pytest.raises(ValidationError):
+        vault.commit(cube.id, [Write(make_item(cube, "x"), "add", None, np.ones(DIM + 1))])
+    assert vault.count(ItemFilter(cube_ids=(cube.id,), states=())) == 0
+
+
+def test_unknown_ids(vault: Vault) -> None:
+    cube = vault.create_cube(make_cube())
+    assert vault.get_many(["missing"]) == {}
+    assert vault.history("missing") == []
+    ghost = make_item(cube, "ghost")
+    with pytest.raises(NotFoundError):
+        vault.commit(cube.id, [Write(ghost, "update", 1, unit_vectors(1)[0])])
+
+
+def test_filters(vault: Vault) -> None:
+    cube = vault.create_cube(make_cube())
+    other = vault.create_cube(make_cube("c2"))
+    may = datetime(2023, 5, 8, tzinfo=UTC)
+    june = datetime(2023, 6, 1, tzinfo=UTC)
+    _add(vault, cube, ["a pref"], memory_type=MemoryType.PREFERENCE, tags=["food", "x"],
+         source=Source(user="u1", session="s1"), valid_from=may)
+    _add(vault, cube, ["an event"], memory_type=MemoryType.EVENT, tags=["food"],
+         source=Source(user="u2", session="s2"), valid_from=june)
+    _add(vault, other, ["elsewhere"], source=Source(user="u1"))
+
+    def texts(**kw) -> set[str]:
+        return {i.text for i in vault.list_items(ItemFilter(**kw))}
+
+    assert texts(cube_ids=(cube.id,)) == {"a pref", "an event"}
+    assert texts(user="u1") == {"a pref", "elsewhere"}
+    assert texts(cube_ids=(cube.id,), session="s2") == {"an event"}
+    assert texts(memory_types=(MemoryType.PREFERENCE,)) == {"a pref"}
+    assert texts(tags=("food",)) == {"a pref", "an event"}
+    assert texts(tags=("food", "x")) == {"a pref"}
+    assert texts(cube_ids=(cube.id,), since=datetime(2023, 5, 20, tzinfo=UTC)) == {"an event"}
+    assert texts(cube_ids=(cube.id,), until=datetime(2023, 5, 20, tzinfo=UTC)) == {"a pref"}
+    assert vault.count(ItemFilter(cube_ids=(cube.id,))) == 2
+
+
+def test_states_and_valid_at(vault: Vault) -> None:
+    cube = vault.create_cube(make_cube())
+    jan, mar, may = (datetime(2024, m, 1, tzinfo=UTC) for m in (1, 3, 5))
+    [old] = _add(vault, cube, ["lives in Paris"], valid_from=jan)
+    vault.commit(cube.id, [Write(old.model_copy(update={
+        "valid_to": mar, "state": MemoryState.INVALIDATED}), "invalidate", 1)])
+    _add(vault, cube, ["lives in Rome"], valid_from=mar)
+    assert {i.text for i in vault.list_items(ItemFilter(cube_ids=(cube.id,)))} == {
+        "lives in Rome"}
+    every_state = ItemFilter(cube_ids=(cube.id,), states=())
+    assert {i.text for i in vault.list_items(every_state)} == {"lives in Paris", "lives in Rome"}
+    at_feb = ItemFilter(cube_ids=(cube.id,), states=(), valid_at=datetime(2024, 2, 1, tzinfo=UTC))
+    assert {i.text for i in vault.list_items(at_feb)} == {"lives in Paris"}
+    at_may = ItemFilter(cube_ids=(cube.id,), states=(), valid_at=may)
+    assert {i.text for i in vault.list_items(at_may)} == {"lives in Rome"}
+
+
+def test_text_search_ranks_and_filters(vault: Vault) -> None:
+    cube = vault.create_cube(make_cube())
+    _add(vault, cube, ["the cat sat on the mat", "dogs chase cats in the park",
+                       "quarterly revenue grew", 'odd "quotes" AND NEAR(syntax)'])
+    hits = vault.search_text("cat", ItemFilter(cube_ids=(cube.id,)), 10)
+    assert [vault.get_many([i])[i].text for i, _ in hits][0] == "the cat sat on the mat"
+    assert len(hits) == 2  # porter stemming: "cats" matches "cat"
+    assert hits[0][1] >= hits[1][1]
+    # user text never reaches FTS5 as syntax
+    assert vault.search_text('"quotes" AND NEAR(', ItemFilter(cube_ids=(cube.id,)), 5)
+    assert vault.search_text("???", ItemFilter(cube_ids=(cube.id,)), 5) == []
+    assert vault.search_text("cat", ItemFilter(cube_ids=("other",)), 5) == []
+
+
+def test_vector_search_exact_and_filtered(vault: Vault) -> None:
+    cube = vault.create_cube(make_cube())
+    items = _add(vault, cube, [f"item {i}" for i in range(30)], seed=3)
+    vecs = unit_vectors(30, seed=3)
+    hits = vault.search_vector(vecs[7], ItemFilter(cube_ids=(cube.id,)), 5)
+    assert hits[0][0] == items[7].id
+    assert hits[0][1] == pytest.approx(1.0, abs=1e-5)
+    only = ItemFilter(cube_ids=(cube.id,), ids=(items[3].id, items[4].id))
+    assert {i for i, _ in vault.search_vector(vecs[7], only, 5)} == {items[3].id, items[4].id}
+
+
+def test_vector_search_follows_updates_and_deletes(vault: Vault) -> None:
+    cube = vault.create_cube(make_cube())
+    items = _add(vault, cube, ["a", "b", "c"], seed=4)
+    vecs = unit_vectors(3, seed=4)
+    flt = ItemFilter(cube_ids=(cube.id,))
+    assert vault.search_vector(vecs[0], flt, 1)[0][0] == items[0].id
+    # item b now carries a's old vector; a gets a new one
+    vault.commit(cube.id, [Write(items[1].model_copy(update={"text": "b2"}), "update", 1,
+                                 vecs[0])])
+    vault.commit(cube.id, [Write(items[0].model_copy(update={"text": "a2"}), "update", 1,
+                                 unit_vectors(1, seed=99)[0])])
+    assert vault.search_vector(vecs[0], flt, 1)[0][0] == items[1].id
+    vault.commit(cube.id, [Write(items[2].model_copy(update={"state": MemoryState.DELETED}),
+                                 "delete", 1)])
+    assert items[2].id not in {i for i, _ in vault.search_vector(vecs[2], flt, 3)}
+    vault.purge([items[1].id])
+    assert items[1].id not in {i for i, _ in vault.search_vector(vecs[0], flt, 3)}
+
+
+def test_changes_since(vault: Vault) -> None:
+    cube = vault.create_cube(make_cube())
+    [a] = _add(vault, cube, ["a v1"])
+    clock = vault.get_cube(cube.id).clock
+    vault.commit(cube.id, [Write(a.model_copy(update={"text": "a v2"}), "update", 1)])
+    [b] = _add(vault, cube, ["b v1"])
+    changes = {c.item_id: c for c in vault.changes_since(cube.id, clock)}
+    assert set(changes) == {a.id, b.id}
+    assert changes[a.id].then.text == "a v1" and changes[a.id].current.text == "a v2"
+    assert changes[b.id].then is None
+
+
+def test_purge_removes_everything(vault: Vault) -> None:
+    cube = vault.create_cube(make_cube())
+    [a, b] = _add(vault, cube, ["secret alpha", "public beta"])
+    vault.commit(cube.id, [Write(a.model_copy(update={"text": "secret alpha two"}), "update", 1)])
+    assert vault.purge([a.id, "unknown"]) == 1
+    assert vault.get_many([a.id]) == {}
+    assert vault.history(a.id) == []
+    assert vault.search_text("secret", ItemFilter(cube_ids=(cube.id,), states=()), 5) == []
+    assert vault.get_many([b.id])[b.id].text == "public beta"
+    assert vault.changes_since(cube.id, 0) and all(
+        c.item_id != a.id for c in vault.changes_since(cube.id, 0))
+
+
+def test_record_access_and_feedback_do_not_version(vault: Vault) -> None:
+    cube = vault.create_cube(make_cube())
+    [a] = _add(vault, cube, ["x"])
+    vault.record_access([a.id])
+    vault.record_access([a.id], used_in_answer=True)
+    vault.add_feedback(a.id, 1.5)
+    got = vault.get_many([a.id])[a.id]
+    assert got.stats.access_count == 2
+    assert got.stats.used_in_answer_count == 1
+    assert got.stats.feedback_score == 1.5
+    assert got.stats.last_accessed is not None
+    assert got.version == 1
+    with pytest.raises(NotFoundError):
+        vault.add_feedback("missing", 1.0)
+
+
+def test_snapshots(vault: Vault) -> None:
+    cube = vault.create_cube(make_cube())
+    _add(vault, cube, ["x"])
+    snap = vault.create_snapshot(cube.id, "first")
+    assert snap.clock == 1
+    _add(vault, cube, ["y"])
+    assert [(s.label, s.clock) for s in vault.list_snapshots(cube.id)] == [("first", 1)]
