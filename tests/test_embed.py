@@ -331,3 +331,29 @@ def test_bad_specs(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(EmbedderError, match="no API key"):
         make_embedder("openai:text-embedding-3-small")
+
+
+def test_memoized_embedder_returns_the_same_vectors_without_recomputing(minilm) -> None:
+    from memosys.models.embed import MemoizedEmbedder
+
+    calls: list[int] = []
+
+    class Counting:
+        id, dim = minilm.id, minilm.dim
+
+        def embed(self, texts):
+            calls.append(len(texts))
+            return minilm.embed(texts)
+
+    memo = MemoizedEmbedder(Counting(), capacity=3)
+    first = memo.embed(["a cat", "a dog", "a cat"])
+    assert calls == [2]  # duplicates inside one call are embedded once
+    np.testing.assert_allclose(first, minilm.embed(["a cat", "a dog", "a cat"]), atol=1e-6)
+    again = memo.embed(["a dog", "a bird"])
+    assert calls == [2, 1]
+    np.testing.assert_array_equal(again[0], first[1])
+    memo.embed(["x", "y", "z"])  # evicts everything older than the last three texts
+    memo.embed(["a cat"])
+    assert calls == [2, 1, 3, 1]
+    assert memo.embed([]).shape == (0, minilm.dim)
+    assert (memo.id, memo.dim) == (minilm.id, minilm.dim)

@@ -27,7 +27,7 @@ from memosys.errors import (
 )
 from memosys.infra.vault.base import ItemFilter, Snapshot, Vault, VersionRecord, Write
 from memosys.infra.vault.sqlite import SQLiteVault
-from memosys.models.embed import Embedder, make_embedder
+from memosys.models.embed import Embedder, MemoizedEmbedder, make_embedder
 from memosys.operation.retrieval import HybridRetriever, SearchHit
 from memosys.types import (
     CubeConfig,
@@ -104,11 +104,11 @@ class MemOS:
         self.vault = vault or SQLiteVault(
             self.settings.sqlite_path, ann_threshold=self.settings.ann_threshold
         )
-        self.embedder = embedder or make_embedder(
+        self.embedder = MemoizedEmbedder(embedder or make_embedder(
             self.settings.embedder,
             base_url=self.settings.openai_base_url,
             api_key=self.settings.openai_api_key,
-        )
+        ))
         self.retriever = HybridRetriever(self.vault, self.embedder)
 
     @classmethod

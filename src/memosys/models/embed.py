@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Embedder",
     "EmbedderError",
+    "MemoizedEmbedder",
     "MiniLMEmbedder",
     "OpenAIEmbedder",
     "USEMultilingualEmbedder",
@@ -479,3 +481,45 @@ def clear_embedder_cache() -> None:
     """Forget shared instances (tests, or to release model memory)."""
     with _CACHE_LOCK:
         _CACHE.clear()
+
+
+class MemoizedEmbedder:
+    """Wraps an embedder with an LRU memo of recent texts.
+
+    Identical texts (repeated chat lines, re-sent messages, re-run queries, retried
+    writes) get their vector without another forward pass; ids and dimensions are the
+    wrapped embedder's, so cubes cannot tell the difference."""
+
+    def __init__(self, inner: Embedder, capacity: int = 8192) -> None:
+        self.inner = inner
+        self.capacity = capacity
+        self._memo: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def id(self) -> str:
+        return self.inner.id
+
+    @property
+    def dim(self) -> int:
+        return self.inner.dim
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        texts = _check_texts(texts)
+        with self._lock:
+            found = {t: self._memo[t] for t in texts if t in self._memo}
+            for t in found:
+                self._memo.move_to_end(t)
+        missing = list(dict.fromkeys(t for t in texts if t not in found))
+        if missing:
+            fresh = self.inner.embed(missing)
+            with self._lock:
+                for text, vec in zip(missing, fresh, strict=True):
+                    vec.setflags(write=False)  # shared between callers
+                    found[text] = vec
+                    self._memo[text] = vec
+                while len(self._memo) > self.capacity:
+                    self._memo.popitem(last=False)
+        if not texts:
+            return _empty(self.dim)
+        return np.stack([found[t] for t in texts])

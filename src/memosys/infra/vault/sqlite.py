@@ -597,6 +597,10 @@ class SQLiteVault(Vault):
             )
         return out
 
+    def vector_index(self, cube_id: str) -> VectorIndex | None:
+        """This process's up-to-date vector index of a cube (diagnostics, benchmarks)."""
+        return self._synced_index(self._conn(), cube_id)
+
     def _synced_index(self, conn: sqlite3.Connection, cube_id: str) -> VectorIndex | None:
         with self._vectors_lock:
             state = self._vectors.get(cube_id)

@@ -197,12 +197,18 @@ class VectorIndex:
     # ------------------------------------------------------------------ search
 
     def search(
-        self, query: np.ndarray, k: int, allowed: np.ndarray | None = None
+        self,
+        query: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None = None,
+        *,
+        exact: bool = False,
     ) -> list[tuple[int, float]]:
         """Return up to ``k`` ``(key, cosine)`` pairs, best first.
 
         ``allowed`` optionally restricts results to the given keys (unknown keys are ignored).
-        ``k`` larger than the (restricted) index returns everything in it.
+        ``k`` larger than the (restricted) index returns everything in it. ``exact`` skips
+        the ANN graph (for measuring its recall).
         """
         if isinstance(k, bool) or not isinstance(k, int | np.integer):
             raise ValueError(f"k must be an integer, got {k!r}")
@@ -221,13 +227,14 @@ class VectorIndex:
                     return []
                 m = allowed_keys.size
                 if (
-                    self._ann is None
+                    exact
+                    or self._ann is None
                     or m <= self.EXACT_ALLOWED_MAX
                     or m < self.EXACT_ALLOWED_FRACTION * n
                 ):
                     return self._exact_subset(q, k, allowed_keys)
                 return self._ann_filtered(q, k, allowed_keys)
-            if self._ann is None or k >= n * self.EXACT_K_FRACTION:
+            if exact or self._ann is None or k >= n * self.EXACT_K_FRACTION:
                 return self._exact_all(q, k)
             return self._ann_unfiltered(q, k)
 
