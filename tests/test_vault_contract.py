@@ -218,3 +218,19 @@ def test_snapshots(vault: Vault) -> None:
     assert snap.clock == 1
     _add(vault, cube, ["y"])
     assert [(s.label, s.clock) for s in vault.list_snapshots(cube.id)] == [("first", 1)]
+
+
+def test_selective_filters_still_find_everything_they_allow(vault: Vault) -> None:
+    """The top BM25/vector candidates all belong to another cube: the filtered search must
+    still return the few matches the filter allows."""
+    crowd = vault.create_cube(make_cube("crowd"))
+    small = vault.create_cube(make_cube("small"))
+    vecs = unit_vectors(301, seed=11)
+    vault.commit(crowd.id, [Write(make_item(crowd, f"cat number {i} cat cat"), "add", None,
+                                  vecs[0]) for i in range(300)])
+    [mine] = vault.commit(small.id, [Write(make_item(small, "a cat, once"), "add", None,
+                                           vecs[300])])
+    flt = ItemFilter(cube_ids=(small.id,))
+    assert [i for i, _ in vault.search_text("cat", flt, 5)] == [mine.id]
+    assert [i for i, _ in vault.search_vector(vecs[0], flt, 5)] == [mine.id]
+    assert len(vault.search_text("cat", ItemFilter(cube_ids=(crowd.id,)), 250)) == 250

@@ -515,14 +515,28 @@ class SQLiteVault(Vault):
         if match is None:
             return []
         where, params = self._where(flt)
-        rows = self._conn().execute(
-            "SELECT i.id, bm25(items_fts) AS score FROM items_fts "
-            "JOIN items i ON i.rowid = items_fts.rowid "
-            f"WHERE items_fts MATCH ? AND {where} ORDER BY score LIMIT ?",
-            (match, *params, limit),
+        conn = self._conn()
+        # Most searches filter little: rank in FTS5 alone, over-fetch, then check the filter
+        # by rowid. Only a selective filter pays for the full filtered query.
+        wanted = max(limit * 4, 50)
+        rows = conn.execute(
+            "SELECT i.id, c.score FROM (SELECT rowid, rank AS score FROM items_fts "
+            "WHERE items_fts MATCH ? ORDER BY rank LIMIT ?) c "
+            f"JOIN items i NOT INDEXED ON i.rowid = c.rowid WHERE {where} ORDER BY c.score",
+            (match, wanted, *params),
         ).fetchall()
+        if len(rows) < limit and conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM items_fts WHERE items_fts MATCH ? LIMIT ?)",
+            (match, wanted + 1),
+        ).fetchone()[0] > wanted:
+            rows = conn.execute(
+                "SELECT i.id, bm25(items_fts) AS score FROM items_fts "
+                "JOIN items i ON i.rowid = items_fts.rowid "
+                f"WHERE items_fts MATCH ? AND {where} ORDER BY score LIMIT ?",
+                (match, *params, limit),
+            ).fetchall()
         # bm25() is lower-is-better; negate so every search reports higher-is-better.
-        return [(item_id, -score) for item_id, score in rows]
+        return [(item_id, -score) for item_id, score in rows[:limit]]
 
     def search_vector(
         self, vector: np.ndarray, flt: ItemFilter, limit: int
@@ -581,7 +595,9 @@ class SQLiteVault(Vault):
             marks = ",".join("?" * len(chunk))
             passing.update(
                 r for (r,) in conn.execute(
-                    f"SELECT i.rowid FROM items i WHERE i.rowid IN ({marks}) AND {where}",
+                    # NOT INDEXED: look rows up by rowid; a filter-column index would scan
+                    f"SELECT i.rowid FROM items i NOT INDEXED WHERE i.rowid IN ({marks}) "
+                    f"AND {where}",
                     (*chunk, *params),
                 )
             )
