@@ -26,7 +26,7 @@ from memosys.errors import (
     ValidationError,
 )
 from memosys.infra.vault.base import ItemFilter, Snapshot, Vault, VersionRecord, Write
-from memosys.infra.vault.sqlite import SQLiteVault
+from memosys.infra.vault import open_vault
 from memosys.models.embed import Embedder, MemoizedEmbedder, make_embedder
 from memosys.operation.retrieval import HybridRetriever, SearchHit
 from memosys.types import (
@@ -101,9 +101,7 @@ class MemOS:
         embedder: Embedder | None = None,
     ) -> None:
         self.settings = settings or Settings.load()
-        self.vault = vault or SQLiteVault(
-            self.settings.sqlite_path, ann_threshold=self.settings.ann_threshold
-        )
+        self.vault = vault or open_vault(self.settings)
         self.embedder = MemoizedEmbedder(embedder or make_embedder(
             self.settings.embedder,
             base_url=self.settings.openai_base_url,
