@@ -25,8 +25,8 @@ from memosys.errors import (
     NotFoundError,
     ValidationError,
 )
-from memosys.infra.vault.base import ItemFilter, Snapshot, Vault, VersionRecord, Write
 from memosys.infra.vault import open_vault
+from memosys.infra.vault.base import ItemFilter, Snapshot, Vault, VersionRecord, Write
 from memosys.models.embed import Embedder, MemoizedEmbedder, make_embedder
 from memosys.operation.retrieval import HybridRetriever, SearchHit
 from memosys.types import (
