@@ -234,3 +234,28 @@ def test_selective_filters_still_find_everything_they_allow(vault: Vault) -> Non
     assert [i for i, _ in vault.search_text("cat", flt, 5)] == [mine.id]
     assert [i for i, _ in vault.search_vector(vecs[0], flt, 5)] == [mine.id]
     assert len(vault.search_text("cat", ItemFilter(cube_ids=(crowd.id,)), 250)) == 250
+
+
+def test_jobs_are_claimed_once_and_reclaimed_after_a_lost_lease(vault: Vault) -> None:
+    first = vault.enqueue_job("extract", {"episodes": ["a", "b"]}, cube_id=None)
+    second = vault.enqueue_job("extract", {"episodes": ["c"]})
+    vault.enqueue_job("other", {})
+    assert first.state == "queued" and first.payload == {"episodes": ["a", "b"]}
+    claimed = vault.claim_job(["extract"], lease_seconds=60)
+    assert claimed is not None and claimed.id == first.id
+    assert claimed.state == "running" and claimed.attempts == 1
+    assert vault.claim_job(["extract"], lease_seconds=60).id == second.id
+    assert vault.claim_job(["extract"]) is None  # both are leased
+    done = vault.finish_job(first.id, result={"added": 2})
+    assert (done.state, done.result) == ("done", {"added": 2})
+    # a worker that died: its lease runs out and the job is claimed again
+    crashed = vault.enqueue_job("resume", {"n": 1})
+    assert vault.claim_job(["resume"], lease_seconds=0.0).id == crashed.id
+    again = vault.claim_job(["resume"], lease_seconds=60)
+    assert again.id == crashed.id and again.attempts == 2
+    failed = vault.finish_job(crashed.id, error="model output unusable")
+    assert (failed.state, failed.error) == ("failed", "model output unusable")
+    with pytest.raises(NotFoundError):
+        vault.get_job("missing")
+    with pytest.raises(NotFoundError):
+        vault.finish_job("missing", result={})

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 
@@ -74,6 +75,27 @@ class Change:
     item_id: str
     current: MemoryItem
     then: MemoryItem | None
+
+
+@dataclass(frozen=True)
+class Job:
+    """Background work (e.g. extraction), persisted so a crash loses nothing: a claimed
+    job whose lease runs out is claimed again."""
+
+    id: str
+    kind: str
+    cube_id: str | None
+    payload: dict[str, Any]
+    state: str
+    """queued | running | done | failed"""
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+JOB_STATES = ("queued", "running", "done", "failed")
 
 
 class Vault(ABC):
@@ -155,6 +177,26 @@ class Vault(ABC):
 
     @abstractmethod
     def list_snapshots(self, cube_id: str) -> list[Snapshot]: ...
+
+    # --- jobs ------------------------------------------------------------------------
+    @abstractmethod
+    def enqueue_job(self, kind: str, payload: dict[str, Any], cube_id: str | None = None) -> Job:
+        ...
+
+    @abstractmethod
+    def claim_job(self, kinds: Sequence[str], lease_seconds: float = 300.0) -> Job | None:
+        """Atomically take the oldest queued job of these kinds, or a running one whose
+        lease expired (its worker died); None when there is nothing to do."""
+
+    @abstractmethod
+    def finish_job(
+        self, job_id: str, *, result: dict[str, Any] | None = None, error: str | None = None
+    ) -> Job:
+        """Mark done (or failed, when `error` is given)."""
+
+    @abstractmethod
+    def get_job(self, job_id: str) -> Job:
+        """NotFoundError if absent."""
 
     @abstractmethod
     def close(self) -> None: ...

@@ -8,6 +8,7 @@ through `vec_log`, an append-only list of vector changes.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -23,6 +24,7 @@ from memosys.errors import ConflictError, NotFoundError, StorageError, Validatio
 from memosys.infra.vault.base import (
     Change,
     ItemFilter,
+    Job,
     Snapshot,
     Vault,
     VersionRecord,
@@ -30,7 +32,7 @@ from memosys.infra.vault.base import (
 )
 from memosys.infra.vault.fts_query import fts_match_expression
 from memosys.infra.vault.vector_index import VectorIndex
-from memosys.types import CubeConfig, MemCube, MemoryItem, Stats
+from memosys.types import CubeConfig, MemCube, MemoryItem, Stats, new_id
 
 SCHEMA_VERSION = 1
 
@@ -100,6 +102,20 @@ CREATE TABLE IF NOT EXISTS snapshots (
     label TEXT NOT NULL,
     at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    cube_id TEXT,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    lease_until REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    result TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_claim ON jobs(state, kind, created_at);
 CREATE VIRTUAL TABLE IF NOT EXISTS items_fts USING fts5(
     text, tags, tokenize = 'porter unicode61 remove_diacritics 2'
 );
@@ -688,6 +704,61 @@ class SQLiteVault(Vault):
             if cur.rowcount == 0:
                 raise NotFoundError(f"no memory {item_id!r}")
 
+    # --- jobs ------------------------------------------------------------------------
+    def enqueue_job(self, kind: str, payload: dict[str, Any], cube_id: str | None = None) -> Job:
+        now = datetime.now(UTC).timestamp()
+        job_id = new_id()
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO jobs (id, kind, cube_id, payload, state, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, 'queued', ?, ?)",
+                (job_id, kind, cube_id, json.dumps(payload), now, now),
+            )
+        return self.get_job(job_id)
+
+    def claim_job(self, kinds: Sequence[str], lease_seconds: float = 300.0) -> Job | None:
+        if not kinds:
+            return None
+        now = datetime.now(UTC).timestamp()
+        marks = ",".join("?" * len(kinds))
+        with self._write() as conn:
+            row = conn.execute(
+                f"SELECT id FROM jobs WHERE kind IN ({marks}) AND (state = 'queued' OR "
+                "(state = 'running' AND lease_until < ?)) ORDER BY created_at LIMIT 1",
+                (*kinds, now),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = ?, "
+                "updated_at = ? WHERE id = ?",
+                (now + lease_seconds, now, row[0]),
+            )
+        return self.get_job(row[0])
+
+    def finish_job(
+        self, job_id: str, *, result: dict[str, Any] | None = None, error: str | None = None
+    ) -> Job:
+        now = datetime.now(UTC).timestamp()
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET state = ?, result = ?, error = ?, lease_until = NULL, "
+                "updated_at = ? WHERE id = ?",
+                ("failed" if error is not None else "done",
+                 json.dumps(result) if result is not None else None, error, now, job_id),
+            )
+            if cur.rowcount == 0:
+                raise NotFoundError(f"no job {job_id!r}")
+        return self.get_job(job_id)
+
+    def get_job(self, job_id: str) -> Job:
+        row = self._conn().execute(
+            f"SELECT {_JOB_COLS} FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no job {job_id!r}")
+        return _job(row)
+
     # --- snapshots -------------------------------------------------------------------
     def create_snapshot(self, cube_id: str, label: str = "") -> Snapshot:
         now = datetime.now(UTC)
@@ -707,6 +778,16 @@ class SQLiteVault(Vault):
             (cube_id,),
         ).fetchall()
         return [Snapshot(cube_id, c, _dt(at) or datetime.now(UTC), lb, i) for i, c, lb, at in rows]
+
+
+def _job(row: tuple[Any, ...]) -> Job:
+    job_id, kind, cube_id, payload, state, attempts, created, updated, result, error = row
+    return Job(job_id, kind, cube_id, json.loads(payload), state, attempts,
+               _dt(created) or datetime.now(UTC), _dt(updated) or datetime.now(UTC),
+               json.loads(result) if result else None, error)
+
+
+_JOB_COLS = "id, kind, cube_id, payload, state, attempts, created_at, updated_at, result, error"
 
 
 def _with_cube(flt: ItemFilter, cube_id: str) -> ItemFilter:
