@@ -16,6 +16,10 @@ _ENV = {
     "openai_base_url": "MEMOSYS_OPENAI_BASE_URL",
     "openai_api_key": "MEMOSYS_OPENAI_API_KEY",
     "ann_threshold": "MEMOSYS_ANN_THRESHOLD",
+    "llm": "MEMOSYS_LLM",
+    "llm_base_url": "MEMOSYS_LLM_BASE_URL",
+    "llm_api_key": "MEMOSYS_LLM_API_KEY",
+    "llm_cache_dir": "MEMOSYS_LLM_CACHE_DIR",
 }
 
 
@@ -29,6 +33,13 @@ class Settings:
     openai_api_key: str | None = None
     ann_threshold: int = 20_000
     """Vector count per cube from which an HNSW index replaces exact search."""
+    llm: str = "local"
+    """Chat model: "local" (SmolLM2-135M-Instruct on CPU) or "openai:<model>"."""
+    llm_base_url: str | None = None
+    """OpenAI-compatible endpoint for an "openai:<model>" llm (None: OPENAI_BASE_URL or OpenAI)."""
+    llm_api_key: str | None = None
+    llm_cache_dir: Path | None = None
+    """Where the local model's dequantized weights are cached (None: `<home>/models/...`)."""
 
     @property
     def sqlite_path(self) -> Path:
@@ -65,4 +76,6 @@ class Settings:
                 values["ann_threshold"] = int(values["ann_threshold"])
         except ValueError:
             raise ValidationError("ann_threshold must be an integer") from None
+        if values.get("llm_cache_dir") is not None:
+            values["llm_cache_dir"] = Path(values["llm_cache_dir"]).expanduser()
         return replace(settings, **values)

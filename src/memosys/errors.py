@@ -45,3 +45,10 @@ class EmbedderError(MemosysError):
 
     code = "embedder_error"
     exit_code = 7
+
+
+class LLMError(MemosysError):
+    """A bad LLM spec or request, missing weights, or a failing chat endpoint."""
+
+    code = "llm_error"
+    exit_code = 8

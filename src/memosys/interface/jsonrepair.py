@@ -17,7 +17,7 @@ class StructuredOutputError(MemosysError):
     """The model's output held no usable JSON."""
 
     code = "bad_model_output"
-    exit_code = 8
+    exit_code = 9
 
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)

