@@ -15,6 +15,7 @@ from memosys.infra.vault.base import Vault  # noqa: E402
 from memosys.infra.vault.sqlite import SQLiteVault  # noqa: E402
 from memosys.models.embed import Embedder, make_embedder  # noqa: E402
 from memosys.system import MemOS  # noqa: E402
+from pg_fixture import SERVER as PG  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +39,22 @@ def mos(home: Path, embedder: Embedder) -> Iterator[MemOS]:
 # joins by adding its factory.
 BACKENDS: dict[str, Callable[[Path], Vault]] = {
     "sqlite": lambda root: SQLiteVault(root / "vault.db"),
+    "postgres": lambda root: _postgres_vault(),
 }
+
+
+def _postgres_vault() -> Vault:
+    from memosys.infra.vault.postgres import PostgresVault
+
+    return PostgresVault(PG.new_database(), pool_size=4)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pg_server() -> Iterator[object]:
+    """The session's embedded PostgreSQL (see tests/pg_fixture.py): started on first use,
+    stopped here at the end of the session."""
+    yield PG
+    PG.stop()
 
 
 @pytest.fixture(params=sorted(BACKENDS))

@@ -16,6 +16,7 @@ _ENV = {
     "openai_base_url": "MEMOSYS_OPENAI_BASE_URL",
     "openai_api_key": "MEMOSYS_OPENAI_API_KEY",
     "ann_threshold": "MEMOSYS_ANN_THRESHOLD",
+    "retrieval": "MEMOSYS_RETRIEVAL",
     "llm": "MEMOSYS_LLM",
     "llm_base_url": "MEMOSYS_LLM_BASE_URL",
     "llm_api_key": "MEMOSYS_LLM_API_KEY",
@@ -33,6 +34,10 @@ class Settings:
     openai_api_key: str | None = None
     ann_threshold: int = 20_000
     """Vector count per cube from which an HNSW index replaces exact search."""
+    retrieval: str = "hybrid"
+    """"hybrid": BM25 + dense fused by reciprocal rank. "conversational": the LoCoMo-tuned
+    pipeline with context, speaker/time analysis and reranking (docs/retrieval.md); it
+    still misranks some small cubes, so it is opt-in for now."""
     llm: str = "local"
     """Chat model: "local" (SmolLM2-135M-Instruct on CPU) or "openai:<model>"."""
     llm_base_url: str | None = None
@@ -76,6 +81,8 @@ class Settings:
                 values["ann_threshold"] = int(values["ann_threshold"])
         except ValueError:
             raise ValidationError("ann_threshold must be an integer") from None
+        if values.get("retrieval", "hybrid") not in ("hybrid", "conversational"):
+            raise ValidationError("retrieval must be 'hybrid' or 'conversational'")
         if values.get("llm_cache_dir") is not None:
             values["llm_cache_dir"] = Path(values["llm_cache_dir"]).expanduser()
         return replace(settings, **values)

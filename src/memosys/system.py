@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator
@@ -26,9 +26,9 @@ from memosys.errors import (
     ValidationError,
 )
 from memosys.infra.vault import open_vault
-from memosys.infra.vault.base import ItemFilter, Snapshot, Vault, VersionRecord, Write
+from memosys.infra.vault.base import ItemFilter, Job, Snapshot, Vault, VersionRecord, Write
 from memosys.models.embed import Embedder, MemoizedEmbedder, make_embedder
-from memosys.operation.retrieval import HybridRetriever, SearchHit
+from memosys.operation.retrieval import HybridRetriever, RetrievalConfig, SearchHit
 from memosys.types import (
     CubeConfig,
     MemCube,
@@ -40,6 +40,9 @@ from memosys.types import (
     as_utc,
     validated,
 )
+
+if TYPE_CHECKING:
+    from memosys.interface.reader import MemReader
 
 _RETRIES = 12
 MAX_TOP_K = 1000
@@ -107,7 +110,13 @@ class MemOS:
             base_url=self.settings.openai_base_url,
             api_key=self.settings.openai_api_key,
         ))
-        self.retriever = HybridRetriever(self.vault, self.embedder)
+        self.retriever = HybridRetriever(
+            self.vault,
+            self.embedder,
+            config=RetrievalConfig()
+            if self.settings.retrieval == "conversational"
+            else RetrievalConfig.baseline(),
+        )
 
     @classmethod
     def open(cls, home: str | Path | None = None, **overrides: Any) -> MemOS:
@@ -200,11 +209,15 @@ class MemOS:
         visibility: str | Visibility = Visibility.CUBE,
         metadata: dict[str, Any] | None = None,
         progress: Progress | None = None,
+        infer: bool = False,
+        wait: bool = True,
     ) -> list[MemoryItem]:
         """Store a text, or chat messages (each kept verbatim as an episode memory).
 
         Acknowledged only once durable; a bad field fails the whole call before anything
-        is written."""
+        is written. `infer=True`: then extract and reconcile memories with the MemReader
+        (a text without a type is stored as an episode first); with `wait=False` that
+        becomes a durable job instead (returned list's `.job`). See docs/reader.md."""
         if (text is None) == (messages is None):
             raise ValidationError("give exactly one of text or messages")
         found = self.get_cube(cube)
@@ -222,7 +235,7 @@ class MemOS:
                 MemoryItem,
                 **common,
                 text=_text_arg("text", text, allow_empty=True),
-                memory_type=memory_type or MemoryType.FACT,
+                memory_type=memory_type or (MemoryType.EPISODE if infer else MemoryType.FACT),
                 valid_from=valid_from,
                 source=Source(user=user, agent=agent, session=session,
                               document_uri=document_uri),
@@ -242,7 +255,27 @@ class MemOS:
                                   message_ids=[msg.id] if msg.id else [],
                                   document_uri=document_uri),
                 ))
-        return self._insert(found.id, items, progress)
+        stored = self._insert(found.id, items, progress)
+        if infer:
+            return self.reader.after_add(found.id, stored, wait=wait)
+        return stored
+
+    @property
+    def reader(self) -> MemReader:
+        """The MemReader (extraction, reconciliation, intents, jobs), created on first use."""
+        if getattr(self, "_reader", None) is None:
+            from memosys.interface.reader import MemReader
+
+            self._reader = MemReader(self)
+        return self._reader  # type: ignore[return-value]
+
+    @reader.setter
+    def reader(self, value: MemReader) -> None:
+        self._reader = value
+
+    def job(self, job_id: str) -> Job:
+        """A background job (e.g. an extraction queued by `add(infer=True, wait=False)`)."""
+        return self.vault.get_job(_text_arg("job id", job_id))
 
     def add_items(
         self, cube: str, items: Iterable[MemoryItem], progress: Progress | None = None

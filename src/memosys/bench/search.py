@@ -16,6 +16,8 @@ import json
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 
@@ -24,9 +26,8 @@ from rich.console import Console
 from rich.table import Table
 
 from memosys.config import Settings
-from memosys.infra.vault.sqlite import SQLiteVault
 from memosys.system import MemOS
-from memosys.types import MemoryItem, MemoryType
+from memosys.types import MemoryItem, MemoryType, new_id
 
 DEFAULT_LOCOMO = Path(__file__).resolve().parents[3].parent / "shared/data/locomo_dev.json"
 
@@ -68,7 +69,7 @@ def _texts(turns: list[str]) -> Iterator[tuple[str, int]]:
 def _vector_recall(mos: MemOS, cube_id: str, questions: list[str]) -> dict[str, float]:
     """Share of the true top-10 that the serving index returns. Repeated texts tie exactly,
     so a hit counts when it scores at least the exact 10th score (any tied copy is right)."""
-    index = mos.vault.vector_index(cube_id) if isinstance(mos.vault, SQLiteVault) else None
+    index = mos.vault.vector_index(cube_id) if hasattr(mos.vault, "vector_index") else None
     if index is None:
         return {"ann": 0, "vector_recall@10": 1.0}
     found = 0
@@ -83,16 +84,39 @@ def _stages(n: int) -> list[int]:
     return [*stages, n]
 
 
+@contextmanager
+def _runtime(backend: str, home: str, out: Console) -> Iterator[MemOS]:
+    """SQLite in the temporary home; PostgreSQL at the configured database_url, else on a
+    throwaway embedded server (PostgreSQL's default, durable settings)."""
+    settings = Settings.load(home)
+    if backend == "sqlite":
+        with MemOS(replace(settings, database_url=None)) as mos:
+            yield mos
+        return
+    from memosys.infra.vault.pg_server import EmbeddedPostgres
+    from memosys.infra.vault.postgres import PostgresVault
+
+    url = settings.database_url or ""
+    with ExitStack() as stack:
+        if not url.startswith(("postgresql://", "postgres://")):
+            url = stack.enter_context(EmbeddedPostgres()).create_database("bench")
+            out.print("PostgreSQL: a throwaway embedded server (PostgreSQL 18, pgvector)")
+        vault = PostgresVault(url, ann_threshold=settings.ann_threshold)
+        yield stack.enter_context(MemOS(settings, vault=vault))
+
+
 def run_search_bench(
-    n: int, queries: int, json_file: Path | None, out: Console, data: Path = DEFAULT_LOCOMO
+    n: int, queries: int, json_file: Path | None, out: Console, data: Path = DEFAULT_LOCOMO,
+    backend: str = "sqlite",
 ) -> list[dict[str, float]]:
     turns, questions = load_corpus(data)
     source = _texts(turns)
     rows: list[dict[str, float]] = []
-    with tempfile.TemporaryDirectory(prefix="memosys-bench-") as home, MemOS(
-        Settings.load(home)
+    with tempfile.TemporaryDirectory(prefix="memosys-bench-") as home, _runtime(
+        backend, home, out
     ) as mos:
-        cube = mos.create_cube("bench")
+        name = "bench" if backend == "sqlite" else f"bench-{new_id()[-12:]}"
+        cube = mos.create_cube(name)
         out.print(f"corpus: {len(turns)} turns, {len(questions)} questions "
                   f"({'LoCoMo dev' if data.exists() else 'generated'}); "
                   f"ANN threshold {mos.settings.ann_threshold}")
@@ -102,14 +126,14 @@ def run_search_bench(
                                 metadata={"copy": copy})
                      for text, copy in islice(source, target - size)]
             start = time.perf_counter()
-            mos.add_items("bench", batch)
+            mos.add_items(name, batch)
             insert_s = time.perf_counter() - start
             size = target
-            mos.search("warm up", "bench")  # first search builds this process's index
+            mos.search("warm up", name)  # first search builds this process's index
             latencies = []
             for q in questions[:queries]:
                 t0 = time.perf_counter()
-                mos.search(q, "bench", top_k=10)
+                mos.search(q, name, top_k=10)
                 latencies.append((time.perf_counter() - t0) * 1000)
             row = {
                 "n": target,
@@ -120,7 +144,7 @@ def run_search_bench(
             }
             rows.append(row)
             out.print(f"  {target:>8} items: {row}")
-    table = Table(title="memosys bench search (hybrid BM25 + vector, top_k=10)")
+    table = Table(title=f"memosys bench search on {backend} (hybrid BM25 + vector, top_k=10)")
     for col in ("items", "insert/s", "search p50 ms", "search p95 ms",
                 "vector index", "vector recall@10 vs exact"):
         table.add_column(col, justify="right")

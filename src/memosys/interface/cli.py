@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from rich.table import Table
 
 from memosys.errors import MemosysError, ValidationError
+from memosys.interface.cli_db import db_app
 from memosys.system import MemOS, SearchFilters
 from memosys.types import MemoryItem
 
@@ -31,6 +32,7 @@ cubes_app = typer.Typer(help="List and create cubes.", no_args_is_help=True)
 app.add_typer(cubes_app, name="cubes")
 bench_app = typer.Typer(help="Reproducible benchmarks that print tables.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+app.add_typer(db_app, name="db")
 
 out = Console()
 err = Console(stderr=True)
@@ -143,6 +145,10 @@ def add(
         typer.Option("--messages", help="JSON file: a list of {role, content, name?, "
                      "timestamp?, id?} chat messages, each kept as an episode."),
     ] = None,
+    infer: Annotated[bool, typer.Option("--infer", help="Also extract memories (facts, "
+                                        "preferences, events, ...) with the MemReader.")] = False,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="With --infer: extract now, "
+                                       "or queue a job for `memosys worker`.")] = True,
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -151,8 +157,8 @@ def add(
         messages = None
         if messages_file is not None:
             try:
-                messages = json.loads(messages_file.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
+                messages = json.loads(messages_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:  # incl. JSON and UTF-8 decoding errors
                 raise ValidationError(f"--messages: {exc}") from None
         elif text is None:
             raise ValidationError("give a text, '-' for stdin, or --messages FILE")
@@ -161,12 +167,26 @@ def add(
         mos.ensure_cube(cube, owner=user)
         with progress_bar("adding") as progress:
             items = mos.add(cube, text, messages=messages, memory_type=memory_type,
-                            tags=tag or [], user=user, session=session, progress=progress)
+                            tags=tag or [], user=user, session=session, progress=progress,
+                            infer=infer, wait=wait)
+        result, job = getattr(items, "result", None), getattr(items, "job", None)
         if as_json:
-            _print_json([_item_json(i) for i in items])
-        else:
-            for i in items:
-                out.print(f"added {i.id} ({i.memory_type.value})")
+            data: Any = [_item_json(i) for i in items]
+            if infer:
+                data = {"items": data, "extraction": result.summary() if result else None,
+                        "job": _job_json(job) if job else None}
+            _print_json(data)
+            return
+        for i in items:
+            out.print(f"added {i.id} ({i.memory_type.value})")
+        if result is not None:
+            for d in result.decisions:
+                out.print(f"  {d.op:<6} {d.memory_type:<10} {d.text}  [dim]({d.reason})[/dim]")
+            for e in result.errors:
+                err.print(f"[yellow]warning[/yellow]: {e}")
+        if job is not None:
+            out.print(f"queued extraction job {job.id} (run `memosys worker`; "
+                      f"`memosys job {job.id}` for its status)")
 
 
 @app.command()
@@ -359,11 +379,108 @@ def bench_search(
     n: Annotated[int, typer.Option("--n", help="Largest collection size.")] = 100_000,
     queries: Annotated[int, typer.Option(help="Queries per size.")] = 200,
     json_file: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
+    backend: Annotated[str, typer.Option(help="sqlite, or postgres (the configured database_url,"
+                                         " else a throwaway embedded server).")] = "sqlite",
 ) -> None:
     """Insert rate and search latency at 1k/10k/100k memories."""
     from memosys.bench.search import run_search_bench
 
-    run_search_bench(n, queries, json_file, out)
+    if backend not in ("sqlite", "postgres"):
+        raise typer.BadParameter("--backend must be sqlite or postgres")
+    run_search_bench(n, queries, json_file, out, backend=backend)
+
+
+@bench_app.command("locomo")
+def bench_locomo(
+    data: Annotated[Path | None, typer.Option(help="LoCoMo JSON (default: the dev split).")]
+    = None,
+    json_file: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
+    conversations: Annotated[int | None, typer.Option(help="Only the first N.")] = None,
+    questions: Annotated[int | None, typer.Option(help="Only N questions each.")] = None,
+    ablation: Annotated[bool, typer.Option(help="Re-run with each stage toggled.")] = False,
+) -> None:
+    """Evidence recall@k of LoCoMo questions, with BM25/dense baselines and ablation."""
+    from memosys.bench.locomo import DEFAULT_LOCOMO, run_locomo_bench
+
+    try:
+        run_locomo_bench(data or DEFAULT_LOCOMO, json_file, conversations, ablation, out,
+                         questions=questions)
+    except MemosysError as exc:
+        err.print(f"[red]error[/red] ({exc.code}): {exc}")
+        raise typer.Exit(exc.exit_code) from None
+
+
+@bench_app.command("reader")
+def bench_reader(
+    extractor: Annotated[str, typer.Option(help="rules | llm | auto")] = "rules",
+    llm: Annotated[str | None, typer.Option(help="LLM spec (default: configured llm).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="LLM output: auto | json | lines")] = "auto",
+    data: Annotated[Path | None, typer.Option(help="Labelled JSONL set.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N messages.")] = None,
+    split: Annotated[str | None, typer.Option(help="Only this split (dev, heldout, ...).")] = None,
+    json_file: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Extraction precision/recall of the MemReader on a labelled message set."""
+    from memosys.bench.reader import run_reader_bench
+    from memosys.interface.reader import MemReader
+
+    with _runtime(home) as mos, progress_bar("extracting") as progress:
+        reader = MemReader(mos, extractor=extractor, llm=llm, llm_format=fmt)
+        run_reader_bench(reader.extractor, out, data_path=data, json_file=json_file,
+                         limit=limit, split=split, progress=progress)
+
+
+def _job_json(job: Any) -> dict[str, Any]:
+    return {"id": job.id, "kind": job.kind, "cube_id": job.cube_id, "state": job.state,
+            "attempts": job.attempts, "created_at": job.created_at.isoformat(),
+            "updated_at": job.updated_at.isoformat(), "payload": job.payload,
+            "result": job.result, "error": job.error}
+
+
+@app.command()
+def job(job_id: str, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """Status of a background job (e.g. an extraction queued by `add --infer --no-wait`)."""
+    with _runtime(home) as mos:
+        found = mos.job(job_id)
+        if as_json:
+            _print_json(_job_json(found))
+            return
+        out.print(f"job {found.id} ({found.kind}): [bold]{found.state}[/bold], "
+                  f"attempts {found.attempts}, updated {found.updated_at.isoformat()}")
+        if found.error:
+            out.print(f"error: {found.error}")
+        if found.result:
+            ops = found.result.get("ops", {})
+            out.print(f"episodes {found.result.get('episodes')}, ops {ops}, "
+                      f"errors {len(found.result.get('errors', []))}")
+
+
+@app.command()
+def worker(
+    once: Annotated[bool, typer.Option("--once", help="Run the queued jobs, then exit.")] = False,
+    extractor: Annotated[str, typer.Option(help="rules | llm | auto")] = "auto",
+    poll: Annotated[float, typer.Option(help="Seconds between polls when idle.")] = 1.0,
+    home: HomeOpt = None,
+) -> None:
+    """Process queued extraction jobs (Ctrl-C to stop; an interrupted job is re-claimed
+    when its lease runs out and resumes without duplicating memories)."""
+    from memosys.interface.reader import MemReader
+
+    with _runtime(home) as mos:
+        reader = MemReader(mos, extractor=extractor)
+        done = 0
+        try:
+            if once:
+                while (found := reader.process_next_job()) is not None:
+                    done += 1
+                    out.print(f"job {found.id}: {found.state}")
+            else:
+                out.print("worker running; Ctrl-C to stop")
+                done = reader.run_worker(poll_interval=poll)
+        except KeyboardInterrupt:
+            pass
+        out.print(f"processed {done} jobs")
 
 
 @app.command()

@@ -14,6 +14,10 @@ def open_vault(settings: Settings) -> Vault:
         from memosys.infra.vault.sqlite import SQLiteVault
 
         return SQLiteVault(settings.sqlite_path, ann_threshold=settings.ann_threshold)
+    if url.startswith(("postgresql://", "postgres://")):
+        from memosys.infra.vault.postgres import PostgresVault
+
+        return PostgresVault(url, ann_threshold=settings.ann_threshold)
     raise ValidationError(
-        f"unsupported database URL {url!r}: expected sqlite:///PATH"
+        f"unsupported database URL {url!r}: expected sqlite:///PATH or postgresql://..."
     )

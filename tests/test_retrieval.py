@@ -1,0 +1,197 @@
+"""The retrieval pipeline's stages on small conversations, with the real MiniLM embedder and
+the SQLite vault: each stage does what it is for, and switching it off changes that."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pytest
+
+from memosys.operation.query import analyze_query, find_persons, parse_time
+from memosys.operation.retrieval import STAGES, RetrievalConfig
+from memosys.system import MemOS
+
+MARCH = datetime(2023, 3, 10, 14, 0, tzinfo=UTC)
+JULY = datetime(2023, 7, 2, 18, 30, tzinfo=UTC)
+
+
+def _session(mos: MemOS, cube: str, session: str, turns: list[tuple[str, str]],
+             at: datetime = MARCH) -> list:
+    mos.ensure_cube(cube)
+    return mos.add(cube, messages=[
+        {"role": "user", "name": speaker, "content": text, "id": f"{session}:{n}",
+         "timestamp": at}
+        for n, (speaker, text) in enumerate(turns, start=1)
+    ], session=session)
+
+
+def _rank(hits: list, item_id: str) -> int:
+    ids = [h.item.id for h in hits]
+    return ids.index(item_id) + 1 if item_id in ids else 10_000
+
+
+# --- query analysis (pure) ----------------------------------------------------------------
+def test_query_analysis_finds_people_times_and_when_questions() -> None:
+    qa = analyze_query("What did Mel and her kids paint in July 2023?", ["Melanie", "Caroline"])
+    assert qa.persons == ("Melanie",)
+    [window] = qa.time_ranges
+    assert (window.start, window.end) == (datetime(2023, 7, 1, tzinfo=UTC),
+                                          datetime(2023, 8, 1, tzinfo=UTC))
+    assert not qa.asks_time
+    assert analyze_query("When did Caroline move to Sweden?", ["Caroline"]).asks_time
+    assert analyze_query("How long ago was her birthday?").asks_time
+    # question words are never taken for a name prefix ("How" is not "Howard")
+    assert find_persons("How did she feel about it?", ["Howard"]) == ()
+    assert find_persons("What is Caroline's identity?", ["Caroline", "Melanie"]) == (
+        "Caroline",)
+
+
+@pytest.mark.parametrize(("text", "start", "end"), [
+    ("on 8 May, 2023", datetime(2023, 5, 8, tzinfo=UTC), datetime(2023, 5, 9, tzinfo=UTC)),
+    ("on May 23, 2023", datetime(2023, 5, 23, tzinfo=UTC), datetime(2023, 5, 24, tzinfo=UTC)),
+    ("in December 2023", datetime(2023, 12, 1, tzinfo=UTC), datetime(2024, 1, 1, tzinfo=UTC)),
+    ("in summer 2021", datetime(2021, 6, 1, tzinfo=UTC), datetime(2021, 9, 1, tzinfo=UTC)),
+    ("back in 2022", datetime(2022, 1, 1, tzinfo=UTC), datetime(2023, 1, 1, tzinfo=UTC)),
+])
+def test_absolute_time_expressions_become_ranges(text: str, start: datetime,
+                                                 end: datetime) -> None:
+    ranges, months = parse_time(f"What did Alice do {text}?")
+    assert [(r.start, r.end) for r in ranges] == [(start, end)] and months == ()
+
+
+def test_month_without_year_and_the_verb_may() -> None:
+    assert parse_time("When did Melanie go camping in June?") == ((), (6,))
+    assert parse_time("What may Alice want to do next?") == ((), ())
+
+
+# --- stages on small conversations ---------------------------------------------------------
+def test_context_lifts_the_answer_after_a_matching_question(mos: MemOS) -> None:
+    items = _session(mos, "c", "s1", [
+        ("Joanna", "Your turtles look adorable! How long have you had them?"),
+        ("Nate", "Ha, ages! They are honestly the best roommates ever."),
+        ("Joanna", "I went hiking near the lake yesterday with my brother."),
+        ("Nate", "The long drive to the tournament was worth it."),
+        ("Nate", "I slept for a long time after the party."),
+        ("Nate", "I won a regional video game tournament last weekend, so proud!"),
+        ("Joanna", "My screenplay got rejected again but I will keep writing."),
+        ("Nate", "I have been making coconut milk ice cream, it is so creamy."),
+        ("Joanna", "That sounds delicious, you have to share the recipe with me."),
+        ("Nate", "Sure, I will send it to you tonight after dinner."),
+    ])
+    answer = items[1].id  # says nothing about turtles: the turn before it does
+    query = "How long has Nate had his turtles?"
+    # fusion alone, then fusion + context: the only difference is the context stage
+    mos.retriever.config = RetrievalConfig().without("query_analysis", "rerank")
+    with_context = mos.search(query, "c", top_k=8, record_access=False)
+    assert _rank(with_context, answer) <= 2
+    assert with_context[_rank(with_context, answer) - 1].scores["context"] > 0
+    mos.retriever.config = RetrievalConfig().without("context", "query_analysis", "rerank")
+    without = mos.search(query, "c", top_k=8, record_access=False)
+    assert _rank(without, answer) > 2
+
+
+def test_speaker_named_in_the_question_is_boosted(mos: MemOS) -> None:
+    items = _session(mos, "c", "s1", [
+        ("Alice", "I painted a sunset over the lake last weekend, my best painting yet."),
+        ("Bob", "Nice. I painted too, a small portrait of my dog."),
+        ("Alice", "We should visit the art museum together soon."),
+    ])
+    hits = mos.search("What did Bob paint?", "c", top_k=3, record_access=False)
+    assert hits[0].item.id == items[1].id
+    assert hits[0].scores["speaker"] == RetrievalConfig().speaker_weight
+
+
+@pytest.mark.parametrize(("month", "expected"), [("March", 0), ("July", 1)])
+def test_time_in_the_question_prefers_memories_from_then(mos: MemOS, month: str,
+                                                         expected: int) -> None:
+    march = _session(mos, "c", "s1", [("Alice", "I baked a lemon cake for my neighbours.")],
+                     at=MARCH)
+    july = _session(mos, "c", "s2", [("Alice", "I baked a chocolate cake for the party.")],
+                    at=JULY)
+    hits = mos.search(f"What cake did Alice bake in {month} 2023?", "c", top_k=2,
+                      record_access=False)
+    assert hits[0].item.id == [march[0].id, july[0].id][expected]
+    assert "time" in hits[0].scores
+
+
+def test_when_questions_prefer_turns_that_say_when(mos: MemOS) -> None:
+    items = _session(mos, "c", "s1", [
+        ("Alice", "The pottery class was so relaxing, I loved the clay."),
+        ("Alice", "I joined the pottery class last Friday."),
+    ])
+    hits = mos.search("When did Alice join the pottery class?", "c", top_k=2,
+                      record_access=False)
+    assert hits[0].item.id == items[1].id
+    mos.retriever.config = replace(RetrievalConfig(), time_answer_weight=0.0)
+    plain = mos.search("When did Alice join the pottery class?", "c", top_k=2,
+                       record_access=False)
+    assert plain[0].score - plain[1].score < hits[0].score - hits[1].score
+
+
+def test_neighbours_joining_through_context_respect_filters(mos: MemOS) -> None:
+    items = _session(mos, "c", "s1", [
+        ("Alice", "Guess what, I adopted a puppy!"),
+        ("Bob", "Wow, what breed is it?"),
+        ("Alice", "A golden retriever named Max."),
+        ("Bob", "Cute, send pictures."),
+    ])
+    mos.add("c", "Alice loves golden retrievers", session="s1")  # a fact in the session
+    mos.delete(items[2].id)
+    for filters in (None, {"memory_types": ["episode"]}, {"session": "s1"}):
+        hits = mos.search("What breed is Alice's puppy?", "c", top_k=10, filters=filters,
+                          record_access=False)
+        assert items[2].id not in {h.item.id for h in hits}  # deleted: never returned
+        if filters and "memory_types" in filters:
+            assert {h.item.memory_type.value for h in hits} == {"episode"}
+        assert len(hits) == len({h.item.id for h in hits})
+
+
+def test_conversation_index_follows_writes(mos: MemOS) -> None:
+    first = _session(mos, "c", "s1", [("Alice", "Hi Bob!"), ("Bob", "Hi Alice, how are you?")])
+    cube_id = mos.get_cube("c").id
+    mos.search("hello", "c", record_access=False)  # builds the index
+    index = mos.retriever.conversations
+    more = _session(mos, "c", "s1", [("Alice", "Great, I just came back from a long trip.")])
+    ctx = index.get(cube_id)
+    assert ctx.neighbours(first[1].id) == (first[0].id, more[0].id)
+    assert ctx.neighbours(more[0].id) == (first[1].id, None)
+    assert ctx.speakers["Alice"] == 2
+    mos.update(more[0].id, text="Alice: Great, I just came back from a long trip to Japan "
+                                "where we climbed mountains and ate ramen.")
+    assert index.get(cube_id).turns[more[0].id].length > ctx.turns[first[0].id].length
+    assert index.get(cube_id).neighbours(more[0].id) == (first[1].id, None)
+
+
+def test_all_stages_off_is_plain_reciprocal_rank_fusion(mos: MemOS) -> None:
+    _session(mos, "c", "s1", [("Alice", "I adopted a beagle called Rex."),
+                              ("Bob", "Dogs are great company.")])
+    mos.retriever.config = RetrievalConfig.baseline()
+    for hit in mos.search("Alice beagle", "c", record_access=False):
+        assert hit.score == pytest.approx(sum(1 / (60 + r) for r in hit.ranks.values()))
+        assert set(hit.scores) <= {"bm25", "vector"}
+
+
+def test_config_switches_stages_by_name() -> None:
+    cfg = RetrievalConfig()
+    assert not cfg.without("context").context and cfg.without("context").rerank
+    assert not any(getattr(RetrievalConfig.baseline(), s) for s in STAGES)
+    with pytest.raises(ValueError, match="unknown stage"):
+        cfg.without("magic")
+
+
+def test_the_pipeline_works_on_every_backend(vault, home, embedder) -> None:
+    """Only the Vault interface is used, so the stages behave the same on each backend."""
+    from memosys.config import Settings
+
+    with MemOS(Settings.load(home), vault=vault, embedder=embedder) as runtime:
+        items = _session(runtime, "c", "s1", [
+            ("Alice", "I painted a sunset over the lake last weekend, my best painting yet."),
+            ("Bob", "Nice. I painted too, a small portrait of my dog."),
+            ("Alice", "We should visit the art museum together soon."),
+        ])
+        hits = runtime.search("What did Bob paint?", "c", top_k=3, record_access=False)
+        assert hits[0].item.id == items[1].id and "speaker" in hits[0].scores
+        more = _session(runtime, "c", "s1", [("Bob", "Sure, next Saturday works for me.")])
+        ctx = runtime.retriever.conversations.get(runtime.get_cube("c").id)
+        assert ctx.neighbours(more[0].id) == (items[2].id, None)
