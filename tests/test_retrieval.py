@@ -16,6 +16,13 @@ MARCH = datetime(2023, 3, 10, 14, 0, tzinfo=UTC)
 JULY = datetime(2023, 7, 2, 18, 30, tzinfo=UTC)
 
 
+@pytest.fixture
+def mos(mos: MemOS) -> MemOS:
+    """The runtime with the full pipeline (the configured default may be plain hybrid)."""
+    mos.retriever.config = RetrievalConfig()
+    return mos
+
+
 def _session(mos: MemOS, cube: str, session: str, turns: list[tuple[str, str]],
              at: datetime = MARCH) -> list:
     mos.ensure_cube(cube)
@@ -184,7 +191,9 @@ def test_the_pipeline_works_on_every_backend(vault, home, embedder) -> None:
     """Only the Vault interface is used, so the stages behave the same on each backend."""
     from memosys.config import Settings
 
-    with MemOS(Settings.load(home), vault=vault, embedder=embedder) as runtime:
+    settings = Settings.load(home, retrieval="conversational")
+    with MemOS(settings, vault=vault, embedder=embedder) as runtime:
+        assert runtime.retriever.config == RetrievalConfig()
         items = _session(runtime, "c", "s1", [
             ("Alice", "I painted a sunset over the lake last weekend, my best painting yet."),
             ("Bob", "Nice. I painted too, a small portrait of my dog."),

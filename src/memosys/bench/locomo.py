@@ -342,32 +342,38 @@ def run_locomo_bench(
         for cube_id in cube_ids.values():  # build this process's indexes before timing
             mos.search("warm up", [cube_id], top_k=1, record_access=False)
 
-        def run(searcher: Searcher, label: str) -> RunResult:
-            _forget_embedded_queries(mos)  # each method embeds its queries afresh
-            result = RunResult()
-            total = sum(len(c.questions) for c in convs)
-            with _progress(out, label, total) as advance:
-                for conv in convs:
-                    evaluate(searcher, mos.vault.get_many, cube_ids[conv.sample_id],
-                             conv.questions, result)
-                    advance(len(conv.questions))
-            return result
-
-        main = run(pipeline_searcher(mos), "searching (pipeline)")
-        baselines = {
-            "bm25": run(bm25_searcher(mos), "searching (BM25 baseline)").overall(),
-            "dense": run(dense_searcher(mos), "searching (dense baseline)").overall(),
+        # Every method answers each question in turn (interleaved), so that a change in
+        # machine load between methods cannot favour one of them; each embeds its query
+        # afresh, as a new question would.
+        pipeline = pipeline_searcher(mos)
+        methods: dict[str, tuple[Searcher, RetrievalConfig | None]] = {
+            "pipeline": (pipeline, config),
+            "bm25": (bm25_searcher(mos), None),
+            "dense": (dense_searcher(mos), None),
         }
+        variants = ablation_configs(config) if ablation else {}
+        for name, cfg in variants.items():
+            if cfg != config:
+                methods[name] = (pipeline, cfg)
+        results = {name: RunResult() for name in methods}
+        total = sum(len(c.questions) for c in convs)
+        with _progress(out, f"searching ({len(methods)} methods)", total) as advance:
+            for conv in convs:
+                for question in conv.questions:
+                    for name, (searcher, cfg) in methods.items():
+                        if cfg is not None:
+                            mos.retriever.config = cfg
+                        _forget_embedded_queries(mos)
+                        evaluate(searcher, mos.vault.get_many, cube_ids[conv.sample_id],
+                                 [question], results[name])
+                    advance(1)
+        mos.retriever.config = config
+        main = results["pipeline"]
+        baselines = {"bm25": results["bm25"].overall(), "dense": results["dense"].overall()}
         ablation_rows: dict[str, dict[str, float]] | None = None
         if ablation:
-            ablation_rows = {}
-            for name, cfg in ablation_configs(config).items():
-                if cfg == config:
-                    ablation_rows[name] = main.overall()
-                    continue
-                mos.retriever.config = cfg
-                ablation_rows[name] = run(pipeline_searcher(mos), f"ablation {name}").overall()
-            mos.retriever.config = config
+            ablation_rows = {name: results.get(name, main).overall()
+                             for name in variants}
     report = LocomoReport(main.overall(), main.by_category(), baselines, ablation_rows,
                           round(rate, 1), turns)
     _print_report(report, out)
