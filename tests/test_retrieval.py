@@ -136,6 +136,25 @@ def test_when_questions_prefer_turns_that_say_when(mos: MemOS) -> None:
     assert plain[0].score - plain[1].score < hits[0].score - hits[1].score
 
 
+def test_tiny_cube_with_an_untimed_reply(mos: MemOS) -> None:
+    """A few memories only, one reply without a timestamp: a name found in every memory is
+    no BM25 evidence, and the reply stays between the turns it was said between."""
+    mos.create_cube("alice")
+    chat = mos.add("alice", messages=[
+        {"role": "user", "name": "Alice", "content": "I adopted a beagle called Rex.",
+         "id": "D1:1", "timestamp": MARCH},
+        {"role": "assistant", "content": "Lovely! How old is he?", "id": "D1:2"},
+        {"role": "user", "name": "Alice", "content": "Two years. I also love climbing.",
+         "id": "D1:3", "timestamp": MARCH},
+    ], session="s1")
+    mos.add("alice", "Alice's favourite drink is green tea", memory_type="preference")
+    hits = mos.search("which dog breed does Alice have?", "alice", top_k=2)
+    assert hits[0].item.id == chat[0].id
+    ctx = mos.retriever.conversations.get(mos.get_cube("alice").id)
+    assert ctx.neighbours(chat[1].id) == (chat[0].id, chat[2].id)
+    assert mos.search("beverage", "alice", top_k=1)[0].item.memory_type.value == "preference"
+
+
 def test_neighbours_joining_through_context_respect_filters(mos: MemOS) -> None:
     items = _session(mos, "c", "s1", [
         ("Alice", "Guess what, I adopted a puppy!"),

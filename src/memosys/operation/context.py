@@ -54,8 +54,10 @@ class TurnInfo:
     """Content words in the text (the speaker prefix not counted)."""
     has_time: bool
     """The text anchors itself in time ("yesterday", "last May", "2022", ...)."""
-    key: tuple[float, int]
-    """Sort key within its session: event time, then order of arrival."""
+    key: int
+    """Order of arrival in the cube: a session's memories are kept in the order they were
+    stored (which, for chat, is the order they were said; event times cannot be trusted
+    for that: a message without a timestamp takes the time it was stored)."""
     state: MemoryState = MemoryState.ACTIVE
 
 
@@ -63,7 +65,7 @@ class TurnInfo:
 class CubeContext:
     clock: int = -1
     turns: dict[str, TurnInfo] = field(default_factory=dict)
-    sessions: dict[str, list[tuple[float, int, str]]] = field(default_factory=dict)
+    sessions: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
     links: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
     """(previous, next) memory of the same session, kept current on every change."""
     speakers: Counter[str] = field(default_factory=Counter)
@@ -75,25 +77,25 @@ class CubeContext:
         """The memories just before and after this one in its session."""
         return self.links.get(item_id, (None, None))
 
-    def _link(self, session: str, key: tuple[float, int], item_id: str) -> None:
+    def _link(self, session: str, key: int, item_id: str) -> None:
         order = self.sessions.setdefault(session, [])
-        entry = (*key, item_id)
+        entry = (key, item_id)
         pos = bisect.bisect_left(order, entry)
         order.insert(pos, entry)
         self._relink(order, pos - 1, pos + 2)
 
-    def _unlink(self, session: str, key: tuple[float, int], item_id: str) -> None:
+    def _unlink(self, session: str, key: int, item_id: str) -> None:
         order = self.sessions.get(session, [])
-        pos = bisect.bisect_left(order, (*key, item_id))
-        if pos < len(order) and order[pos][2] == item_id:
+        pos = bisect.bisect_left(order, (key, item_id))
+        if pos < len(order) and order[pos][1] == item_id:
             order.pop(pos)
             self.links.pop(item_id, None)
             self._relink(order, pos - 1, pos + 1)
 
-    def _relink(self, order: list[tuple[float, int, str]], start: int, stop: int) -> None:
+    def _relink(self, order: list[tuple[int, str]], start: int, stop: int) -> None:
         for i in range(max(start, 0), min(stop, len(order))):
-            self.links[order[i][2]] = (order[i - 1][2] if i > 0 else None,
-                                       order[i + 1][2] if i + 1 < len(order) else None)
+            self.links[order[i][1]] = (order[i - 1][1] if i > 0 else None,
+                                       order[i + 1][1] if i + 1 < len(order) else None)
 
     def idf(self, word: str) -> float:
         return math.log(1 + self.docs / (1 + self.doc_freq.get(word, 0)))
@@ -108,11 +110,11 @@ class CubeContext:
         event_ts = item.event_time.timestamp()
         if old is None:
             self._seq += 1
-            key = (event_ts, self._seq)
+            key = self._seq
             self.docs += 1
             self.doc_freq.update(set(words))
         else:
-            key = (event_ts, old.key[1])
+            key = old.key
             if old.speaker:
                 self.speakers[old.speaker] -= 1
             if old.session is not None:
@@ -147,8 +149,9 @@ class ConversationIndex:
                 self._cubes[cube_id] = ctx
             else:
                 # In place: a concurrent reader sees each turn either before or after.
-                for change in self.vault.changes_since(cube_id, ctx.clock):
-                    ctx.add(change.current)
+                changed = [c.current for c in self.vault.changes_since(cube_id, ctx.clock)]
+                for item in sorted(changed, key=lambda i: (i.created_at, i.id)):
+                    ctx.add(item)
                 ctx.clock = clock
             return ctx
 

@@ -136,15 +136,16 @@ class SearchHit:
         }
 
 
-_NO_TURN = TurnInfo(None, None, 0.0, 0, False, (0.0, 0))
+_NO_TURN = TurnInfo(None, None, 0.0, 0, False, 0)
 _STD_FLOOR = 1e-9
 _PRIOR_WEIGHT = 10
 """Pseudo-observations of a typical spread mixed into each list's standard deviation, so a
 short candidate list (a small cube) does not turn tiny score differences into large ones."""
 _COSINE_SPREAD = 0.1
 """Typical spread of cosine scores of a query against unrelated texts (sentence embedders)."""
-_BM25_SPREAD = 0.25
-"""Typical spread of BM25 scores, as a share of the best score (BM25 has no fixed scale)."""
+_BM25_SPREAD = 2.0
+"""Typical spread of BM25 scores (FTS5's idf, which both backends use: a word found in
+every memory scores ~0, a rare word several points)."""
 
 
 @dataclass
@@ -281,7 +282,7 @@ class HybridRetriever:
             # `depth`, else they did not match at all (BM25 0; never happens for dense).
             missing = float(values.min()) if truncated or name != "bm25" else 0.0
             ref = values if truncated or name != "bm25" else np.append(values, 0.0)
-            prior = _COSINE_SPREAD if name == "vector" else _BM25_SPREAD * abs(float(ref.max()))
+            prior = _COSINE_SPREAD if name == "vector" else _BM25_SPREAD
             std = math.sqrt((ref.size * float(ref.var()) + _PRIOR_WEIGHT * prior**2)
                             / (ref.size + _PRIOR_WEIGHT))
             std = max(std, _STD_FLOOR)
