@@ -355,5 +355,8 @@ def test_memoized_embedder_returns_the_same_vectors_without_recomputing(minilm) 
     memo.embed(["x", "y", "z"])  # evicts everything older than the last three texts
     memo.embed(["a cat"])
     assert calls == [2, 1, 3, 1]
+    memo.clear()
+    memo.embed(["a cat"])
+    assert calls == [2, 1, 3, 1, 1]
     assert memo.embed([]).shape == (0, minilm.dim)
     assert (memo.id, memo.dim) == (minilm.id, minilm.dim)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import re
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -385,15 +384,7 @@ def run_locomo_bench(
 def _forget_embedded_queries(mos: MemOS) -> None:
     """Drop the runtime's memo of embedded texts, so that every method measured pays for
     embedding its queries, as a new question would (not only the first method run)."""
-    embedder = mos.embedder
-    clear = getattr(embedder, "clear", None)
-    if callable(clear):
-        clear()
-        return
-    memo = getattr(embedder, "_memo", None)
-    if memo is not None and hasattr(memo, "clear"):
-        with getattr(embedder, "_lock", threading.Lock()):
-            memo.clear()
+    mos.embedder.clear()
 
 
 class _progress:

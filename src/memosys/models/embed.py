@@ -504,6 +504,11 @@ class MemoizedEmbedder:
     def dim(self) -> int:
         return self.inner.dim
 
+    def clear(self) -> None:
+        """Forget every memoised vector (benchmarks that must pay for each embedding)."""
+        with self._lock:
+            self._memo.clear()
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         texts = _check_texts(texts)
         with self._lock:
