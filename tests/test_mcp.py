@@ -1,0 +1,135 @@
+"""The MCP server, driven by the official `mcp` client: in process, over stdio (a real
+`memosys mcp` subprocess) and over streamable HTTP (uvicorn on loopback)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+
+import memosys
+from live_server import serve
+from memosys.interface.mcp import build_mcp_server, http_app
+from memosys.system import MemOS
+
+_SRC = str(Path(memosys.__file__).resolve().parents[1])
+TOOLS = {"list_cubes", "add_memory", "search_memories", "get_memory", "update_memory",
+         "forget_memory", "memory_history", "rollback_memory", "record_tool_call"}
+
+
+def _run(client: Client, scenario: Callable[[Client], Awaitable[None]]) -> None:
+    async def main() -> None:
+        async with client:
+            await scenario(client)
+    anyio.run(main)
+
+
+async def _call(client: Client, tool: str, /, **args: Any) -> dict[str, Any]:
+    result = await client.call_tool(tool, args)
+    assert not result.is_error, result.content
+    assert isinstance(result.structured_content, dict)
+    return result.structured_content
+
+
+async def _error(client: Client, tool: str, /, **args: Any) -> str:
+    result = await client.call_tool(tool, args)
+    assert result.is_error
+    return result.content[0].text  # type: ignore[union-attr]
+
+
+async def _lifecycle(client: Client) -> None:
+    """The tool round trip every transport must pass."""
+    assert {t.name for t in (await client.list_tools()).tools} >= TOOLS
+    added = await _call(client, "add_memory", text="Alice lives in Oslo", cube="alice",
+                        tags=["geo"], user="alice")
+    [item] = added["items"]
+    await _call(client, "add_memory", cube="alice", messages=[
+        {"role": "user", "content": "I started learning the cello last week"}])
+    hits = (await _call(client, "search_memories", query="where does Alice live",
+                        cubes=["alice"], top_k=2))["hits"]
+    assert hits[0]["memory"]["id"] == item["id"] and hits[0]["score"] > 0
+    assert hits[0]["provenance"]["user"] == "alice"
+
+    updated = await _call(client, "update_memory", memory_id=item["id"],
+                          text="Alice lives in Bergen", expected_version=1)
+    assert updated["version"] == 2
+    conflict = await _error(client, "update_memory", memory_id=item["id"], text="x",
+                            expected_version=1)
+    assert "conflict" in conflict
+    history = (await _call(client, "memory_history", memory_id=item["id"]))["versions"]
+    assert [v["text"] for v in history] == ["Alice lives in Oslo", "Alice lives in Bergen"]
+    rolled = await _call(client, "rollback_memory", memory_id=item["id"], version=1)
+    assert rolled["text"] == "Alice lives in Oslo" and rolled["version"] == 3
+
+    forgotten = await _call(client, "forget_memory", memory_id=item["id"])
+    assert forgotten["state"] == "deleted"
+    hits = (await _call(client, "search_memories", query="Alice Oslo", cubes=["alice"]))["hits"]
+    assert item["id"] not in {h["memory"]["id"] for h in hits}
+    assert (await _call(client, "forget_memory", memory_id=item["id"], purge=True))["purged"]
+    assert "not_found" in await _error(client, "get_memory", memory_id=item["id"])
+    cubes = (await _call(client, "list_cubes"))["cubes"]
+    assert [(c["name"], c["active_memories"]) for c in cubes] == [("alice", 1)]
+
+
+def test_tools_in_process(mos: MemOS) -> None:
+    _run(Client(build_mcp_server(mos)), _lifecycle)
+
+
+def test_errors_and_tool_call_records(mos: MemOS) -> None:
+    async def scenario(client: Client) -> None:
+        assert "invalid_input" in await _error(client, "search_memories", query=" ")
+        assert "invalid_input" in await _error(client, "add_memory", text="a", messages=[
+            {"content": "b"}])
+        assert "invalid_input" in await _error(client, "add_memory", text="x",
+                                               memory_type="gossip")
+        assert "not_found" in await _error(client, "rollback_memory", memory_id="nope",
+                                           version=1)
+        # schema validation by the SDK: a string where an integer belongs
+        assert await _error(client, "search_memories", query="q", top_k="many")
+
+        record = await _call(client, "record_tool_call", tool="weather",
+                             arguments={"city": "Oslo"}, result="rain, 4°C", session="s1")
+        assert record["memory_type"] == "episode" and record["tags"] == ["tool:weather"]
+        hits = (await _call(client, "search_memories", query="what did the weather tool say",
+                            tags=["tool:weather"]))["hits"]
+        assert hits[0]["memory"]["id"] == record["id"]
+        full = await _call(client, "get_memory", memory_id=record["id"])
+        assert full["metadata"]["arguments"] == {"city": "Oslo"}
+        assert full["source"]["session"] == "s1"
+
+    _run(Client(build_mcp_server(mos)), scenario)
+    assert mos.stats()["cubes"][0]["items"] == 1  # the failed adds wrote nothing
+
+
+def test_stdio_subprocess(home: Path) -> None:
+    """`memosys mcp` as an MCP client launches it: a separate process on stdin/stdout."""
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "memosys", "mcp", "--home", str(home)],
+        env={"PYTHONPATH": os.pathsep.join([_SRC, os.environ.get("PYTHONPATH", "")]),
+             "HF_HUB_OFFLINE": "1"},
+    )
+    _run(Client(params, read_timeout_seconds=120), _lifecycle)
+    with MemOS.open(home) as mos:  # the subprocess's writes are durable in the home
+        assert mos.stats("alice")["cubes"][0]["by_state"]["active"] == 1
+
+
+def test_streamable_http(mos: MemOS) -> None:
+    with serve(http_app(mos, authenticate=None)) as base:
+        _run(Client(f"{base}/mcp"), _lifecycle)
+
+
+def test_streamable_http_with_explicit_transport(mos: MemOS) -> None:
+    """A client that brings its own HTTP client (headers, timeouts), as agents do."""
+    with serve(http_app(mos, authenticate=None, path="/memory")) as base:
+        async def scenario(client: Client) -> None:
+            assert (await _call(client, "list_cubes"))["cubes"] == []
+
+        http = httpx2.AsyncClient(headers={"User-Agent": "test"})
+        _run(Client(streamable_http_client(f"{base}/memory", http_client=http)), scenario)
