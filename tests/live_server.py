@@ -1,39 +1,38 @@
-"""A real uvicorn server on a free loopback port, in a thread of the test process (so it
-shares the session's embedder instead of loading a model per server)."""
+"""A real uvicorn server on a loopback port, in a background thread, for HTTP tests."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from types import TracebackType
 
 import uvicorn
+from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class LiveServer:
+    """`with LiveServer(app) as url:` serves `app` on 127.0.0.1 (a free port) until exit."""
 
+    def __init__(self, app: FastAPI | ASGIApp, lifespan: str = "off") -> None:
+        # lifespan="on" for apps with startup work (the MCP app starts its session manager)
+        self.server = uvicorn.Server(uvicorn.Config(
+            app, host="127.0.0.1", port=0, log_level="warning", lifespan=lifespan))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = ""
 
-@contextmanager
-def serve(app: Any, timeout: float = 30.0) -> Iterator[str]:
-    """Serve `app` on 127.0.0.1 until the block ends; yields the base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout)
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self.url
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)

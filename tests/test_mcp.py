@@ -15,7 +15,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 import memosys
-from live_server import serve
+from live_server import LiveServer
 from memosys.interface.mcp import build_mcp_server, http_app
 from memosys.system import MemOS
 
@@ -121,13 +121,13 @@ def test_stdio_subprocess(home: Path) -> None:
 
 
 def test_streamable_http(mos: MemOS) -> None:
-    with serve(http_app(mos, authenticate=None)) as base:
+    with LiveServer(http_app(mos, authenticate=None), lifespan="on") as base:
         _run(Client(f"{base}/mcp"), _lifecycle)
 
 
 def test_streamable_http_with_explicit_transport(mos: MemOS) -> None:
     """A client that brings its own HTTP client (headers, timeouts), as agents do."""
-    with serve(http_app(mos, authenticate=None, path="/memory")) as base:
+    with LiveServer(http_app(mos, authenticate=None, path="/memory"), lifespan="on") as base:
         async def scenario(client: Client) -> None:
             assert (await _call(client, "list_cubes"))["cubes"] == []
 

@@ -198,5 +198,9 @@ class Vault(ABC):
     def get_job(self, job_id: str) -> Job:
         """NotFoundError if absent."""
 
+    def count_jobs(self) -> dict[str, int]:
+        """Jobs per state (queued, running, done, failed): the queue depth for metrics."""
+        raise NotImplementedError
+
     @abstractmethod
     def close(self) -> None: ...

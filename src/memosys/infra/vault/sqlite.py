@@ -22,6 +22,7 @@ import numpy as np
 
 from memosys.errors import ConflictError, NotFoundError, StorageError, ValidationError
 from memosys.infra.vault.base import (
+    JOB_STATES,
     Change,
     ItemFilter,
     Job,
@@ -758,6 +759,10 @@ class SQLiteVault(Vault):
         if row is None:
             raise NotFoundError(f"no job {job_id!r}")
         return _job(row)
+
+    def count_jobs(self) -> dict[str, int]:
+        rows = self._conn().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+        return {state: 0 for state in JOB_STATES} | dict(rows.fetchall())
 
     # --- snapshots -------------------------------------------------------------------
     def create_snapshot(self, cube_id: str, label: str = "") -> Snapshot:

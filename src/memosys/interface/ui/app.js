@@ -4,6 +4,7 @@
 (function () {
   const API = "/api/v1";
   const PAGE = 50;
+  const STATES = ["active", "archived", "superseded", "invalidated", "deleted"];
   const TYPES = ["fact", "preference", "event", "rule", "persona", "episode", "document", "skill"];
   const $ = (id) => document.getElementById(id);
   const state = { cube: null, cubes: [], offset: 0, nextOffset: null, memory: null, history: [] };
@@ -38,6 +39,19 @@
     if (Array.isArray(data)) return data;
     for (const k of ["items", ...keys]) if (data && Array.isArray(data[k])) return data[k];
     return [];
+  }
+
+  // Every page of a paginated list ({"items", "next_offset"}), e.g. a long history.
+  async function allPages(path, limit = 500) {
+    const out = [];
+    let offset = 0;
+    while (offset !== null && offset !== undefined) {
+      const sep = path.includes("?") ? "&" : "?";
+      const data = await api("GET", `${path}${sep}limit=${limit}&offset=${offset}`);
+      out.push(...listOf(data));
+      offset = Array.isArray(data) ? null : data.next_offset;
+    }
+    return out;
   }
 
   // --- small DOM helpers -----------------------------------------------------------
@@ -117,7 +131,9 @@
   async function loadMemories() {
     if (!state.cube) return;
     const cube = encodeURIComponent(state.cube.name);
-    const data = await api("GET", `cubes/${cube}/memories?limit=${PAGE}&offset=${state.offset}`);
+    const states = $("state-filter").value === "all" ? STATES : ["active"];
+    const filter = states.map((s) => "&state=" + s).join("");
+    const data = await api("GET", `cubes/${cube}/memories?limit=${PAGE}&offset=${state.offset}${filter}`);
     const items = listOf(data, "memories");
     state.nextOffset = data && data.next_offset !== undefined ? data.next_offset
       : (items.length === PAGE ? state.offset + PAGE : null);
@@ -182,10 +198,10 @@
   async function openMemory(id) {
     const [item, history] = await Promise.all([
       api("GET", `memories/${encodeURIComponent(id)}`),
-      api("GET", `memories/${encodeURIComponent(id)}/history`),
+      allPages(`memories/${encodeURIComponent(id)}/history`),
     ]);
     state.memory = item;
-    state.history = listOf(history, "versions", "history").map((r) => {
+    state.history = history.map((r) => {
       const it = r.item || r;
       return { version: r.version ?? it.version, op: r.op || "", at: r.at || it.updated_at, item: it };
     });
@@ -378,6 +394,7 @@
     on("key-clear", "click", async () => { localStorage.removeItem("memosys.apiKey"); $("api-key").value = ""; status("key forgotten"); });
     on("cubes-reload", "click", loadCubes);
     on("page-prev", "click", () => { state.offset = Math.max(0, state.offset - PAGE); return loadMemories(); });
+    on("state-filter", "change", () => { state.offset = 0; return loadMemories(); });
     on("page-next", "click", () => { state.offset = state.nextOffset ?? state.offset; return loadMemories(); });
     on("search-form", "submit", search);
     on("edit-form", "submit", save);
