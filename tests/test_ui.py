@@ -154,3 +154,30 @@ def test_static_files_are_local_and_shipped(site: str) -> None:
     for name in ("app.js", "diff.js", "style.css"):
         assert httpx.get(f"{site}/ui/{name}").status_code == 200
         assert (UI_DIR / name).is_file()
+
+
+def test_markup_in_memories_is_shown_as_text(mos: MemOS, page: Page) -> None:
+    mos.create_cube("xss")
+    evil = '<img src="x" onerror="document.body.dataset.pwned=1"><b>bold</b>'
+    mos.add("xss", evil, tags=["<script>"])
+    _open(page)
+    row = page.get_by_test_id("memory-rows").locator("tr").first
+    expect(row.locator("td.text")).to_have_text(evil)
+    expect(page.locator("main img, main b")).to_have_count(0)
+    assert page.evaluate("document.body.dataset.pwned") is None
+
+
+def test_word_diff(page: Page) -> None:
+    _open(page)
+    parts = page.evaluate("memosysDiff('Alice lives in Oslo now', "
+                          "'Alice lives in sunny Bergen now')")
+    assert parts == [{"op": "eq", "text": "Alice lives in "}, {"op": "del", "text": "Oslo"},
+                     {"op": "ins", "text": "sunny Bergen"}, {"op": "eq", "text": " now"}]
+    assert page.evaluate("memosysDiff('same', 'same')") == [{"op": "eq", "text": "same"}]
+    # two long documents: compared line by line, still exact
+    long_a = "\n".join(f"line {i} " + "word " * 40 for i in range(400))
+    long_b = long_a.replace("line 200 ", "line two hundred ")
+    parts = page.evaluate("([a, b]) => memosysDiff(a, b)", [long_a, long_b])
+    assert "".join(p["text"] for p in parts if p["op"] != "ins") == long_a
+    assert "".join(p["text"] for p in parts if p["op"] != "del") == long_b
+    assert sum(p["op"] != "eq" for p in parts) == 2
