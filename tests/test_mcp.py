@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import httpx2
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
@@ -133,3 +134,19 @@ def test_streamable_http_with_explicit_transport(mos: MemOS) -> None:
 
         http = httpx2.AsyncClient(headers={"User-Agent": "test"})
         _run(Client(streamable_http_client(f"{base}/memory", http_client=http)), scenario)
+
+
+def test_http_open_mode_serves_loopback_only(mos: MemOS) -> None:
+    app = http_app(mos, authenticate=None)
+    with LiveServer(app, lifespan="on") as base:
+        refused = httpx.post(f"{base}/mcp", json={}, headers={"Authorization": "Bearer k"})
+        assert refused.status_code == 401
+        assert refused.json()["error"]["code"] == "unauthorized"
+
+    async def remote() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+            return await c.post("/mcp", json={})
+
+    response = anyio.run(remote)
+    assert response.status_code == 401 and "loopback" in response.json()["error"]["message"]

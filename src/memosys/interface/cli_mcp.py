@@ -33,6 +33,7 @@ def mcp_command(
     if transport not in ("stdio", "http"):
         raise typer.BadParameter("--transport must be stdio or http")
     from memosys.interface.mcp import build_mcp_server, http_app, serve_http
+    from memosys.interface.rest_auth import is_loopback
 
     try:
         with MemOS.open(home) as mos:
@@ -41,8 +42,13 @@ def mcp_command(
                 return
             if not path.startswith("/"):
                 raise ValidationError("--path must start with '/'")
+            if not is_loopback(host):
+                raise ValidationError(
+                    f"refusing to serve {host} without API keys: create a key first, or "
+                    "bind 127.0.0.1 for local use")
             app = http_app(mos, authenticate=None, path=path, host=host)
-            err.print(f"memosys MCP on http://{host}:{port}{path}")
+            err.print(f"memosys MCP on http://{host}:{port}{path} — auth: open (loopback "
+                      "only, no API keys configured)")
             serve_http(app, host, port)
     except MemosysError as exc:
         err.print(f"[red]error[/red] ({exc.code}): {exc}")

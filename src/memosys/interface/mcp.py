@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from memosys.errors import MemosysError
+from memosys.interface.rest_auth import is_loopback
 from memosys.operation.retrieval import SearchHit
 from memosys.system import MemOS, SearchFilters
 from memosys.types import MemoryItem
@@ -235,8 +236,10 @@ def http_app(
     """The streamable-HTTP MCP endpoint at `path`, as an ASGI app for uvicorn.
 
     With `authenticate`, every request needs `Authorization: Bearer <key>` (401 otherwise)
-    and each tool call acts through `actor_for(principal)`. `host` is what the server binds
-    to; the SDK's DNS-rebinding protection allows only matching Host headers on loopback."""
+    and each tool call acts through `actor_for(principal)`. Without (no API keys
+    configured: open mode, as `memosys serve` has), only loopback clients are served, as
+    the local admin. `host` is what the server binds to; the SDK's DNS-rebinding
+    protection then accepts only matching Host headers."""
 
     def resolve(ctx: Context) -> MemOS:
         request = ctx.request_context.request
@@ -247,14 +250,15 @@ def http_app(
 
     server = build_mcp_server(runtime, resolve, log_level=log_level)
     app = server.streamable_http_app(streamable_http_path=path, host=host)
-    return app if authenticate is None else BearerKeyMiddleware(app, authenticate)
+    return McpAuthMiddleware(app, authenticate)
 
 
-class BearerKeyMiddleware:
-    """Checks `Authorization: Bearer <api key>` on every HTTP request and leaves the
-    principal in the ASGI scope for the tools (pure ASGI, so SSE streams pass untouched)."""
+class McpAuthMiddleware:
+    """The HTTP transport's one auth point (pure ASGI, so SSE streams pass untouched): with
+    an authenticator, checks `Authorization: Bearer <api key>` on every request and leaves
+    the principal in the ASGI scope for the tools; in open mode, serves loopback only."""
 
-    def __init__(self, app: ASGIApp, authenticate: Authenticator) -> None:
+    def __init__(self, app: ASGIApp, authenticate: Authenticator | None) -> None:
         self.app = app
         self.authenticate = authenticate
 
@@ -263,21 +267,36 @@ class BearerKeyMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        scheme, _, key = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        header = headers.get(b"authorization", b"").decode("latin-1")
+        scheme, _, key = header.partition(" ")
+        if self.authenticate is None:
+            client = scope.get("client")
+            if not is_loopback(client[0] if client else None):
+                await _unauthorized("this server has no API keys configured and serves "
+                                    "loopback clients only")(scope, receive, send)
+                return
+            if header:
+                await _unauthorized("this server has no API keys configured; send no key")(
+                    scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
         if scheme.lower() != "bearer" or not key.strip():
-            await _unauthorized("send Authorization: Bearer <api key>")(scope, receive, send)
+            await _unauthorized("missing API key: send 'Authorization: Bearer <api key>'")(
+                scope, receive, send)
             return
         try:
             principal = await anyio.to_thread.run_sync(self.authenticate, key.strip())
         except MemosysError as exc:
-            await _unauthorized(str(exc), exc.code)(scope, receive, send)
+            await _unauthorized(str(exc))(scope, receive, send)
             return
         await self.app({**scope, PRINCIPAL_SCOPE_KEY: principal}, receive, send)
 
 
-def _unauthorized(message: str, code: str = "unauthenticated") -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=401,
-                        headers={"WWW-Authenticate": 'Bearer realm="memosys"'})
+def _unauthorized(message: str) -> JSONResponse:
+    # The REST service's error shape and code, so clients handle both alike.
+    return JSONResponse({"error": {"code": "unauthorized", "message": message}},
+                        status_code=401, headers={"WWW-Authenticate": 'Bearer realm="memosys"'})
 
 
 def serve_http(app: ASGIApp, host: str, port: int) -> None:
