@@ -316,54 +316,83 @@
   }
 
   // --- audit trail ------------------------------------------------------------------
-  const AUDIT_COLUMNS = ["at", "actor", "action", "target", "cube", "outcome", "detail"];
+  // An entry: {seq, at, actor, agent, key_id, op, outcome, cube_id, items: [[id, version]],
+  // detail, prev_hash, hash} (hash-chained; detail never holds memory text).
+  const AUDIT_COLUMNS = ["seq", "at", "actor", "agent", "op", "outcome", "cube_id", "items", "detail"];
 
   async function loadAudit() {
     const cubeOnly = $("audit-cube-only").checked && state.cube;
     const query = cubeOnly ? `?cube=${encodeURIComponent(state.cube.id)}&limit=200` : "?limit=200";
-    const entries = listOf(await api("GET", "audit" + query), "entries", "events");
-    // Columns: the usual ones first, then whatever else the entries carry.
-    const keys = [];
-    for (const e of entries) for (const k of Object.keys(e)) if (!keys.includes(k)) keys.push(k);
-    const cols = [...AUDIT_COLUMNS.filter((k) => keys.includes(k)), ...keys.filter((k) => !AUDIT_COLUMNS.includes(k))];
-    clear($("audit-head")).append(el("tr", {}, cols.map((c) => el("th", { text: c }))));
+    const entries = listOf(await api("GET", "audit" + query), "entries");
+    clear($("audit-head")).append(el("tr", {}, AUDIT_COLUMNS.map((c) => el("th", { text: c === "cube_id" ? "cube" : c }))));
     const rows = clear($("audit-rows"));
     for (const e of entries) {
-      rows.append(el("tr", {}, cols.map((c) => el("td", { class: c === "detail" ? "text" : "", text: cell(c, e[c]) }))));
+      rows.append(el("tr", { class: "outcome-" + (e.outcome || "ok"), title: e.hash ? "hash " + e.hash : null },
+        AUDIT_COLUMNS.map((c) => c === "items" ? el("td", {}, auditItems(e.items || []))
+          : el("td", { class: c === "detail" ? "text" : "", text: c === "cube_id" ? cubeName(e[c]) || "" : cell(c, e[c]) }))));
     }
-    if (!entries.length) rows.append(el("tr", {}, el("td", { class: "muted", text: "no entries" })));
+    if (!entries.length) rows.append(el("tr", {}, el("td", { class: "muted", colspan: "9", text: "no entries" })));
+  }
+
+  function auditItems(items) {
+    const shown = items.slice(0, 5).map(([id, version]) => el("button", {
+      type: "button", class: "link mono", title: id, onclick: () => guarded(() => openMemory(id)),
+      text: `${String(id).slice(-8)} v${version}`,
+    }));
+    if (items.length > 5) shown.push(el("span", { class: "muted", text: ` +${items.length - 5}` }));
+    return shown.flatMap((n, i) => (i ? [" ", n] : [n]));
   }
 
   function cell(key, value) {
     if (value === null || value === undefined) return "";
     if (key === "at" || key.endsWith("_at")) return when(value);
-    return typeof value === "object" ? JSON.stringify(value) : String(value);
+    if (typeof value === "object") return Object.keys(value).length ? JSON.stringify(value) : "";
+    return String(value);
   }
 
   // --- scheduler decisions --------------------------------------------------------------
+  // A record (MemScheduler.recent_decisions): {id, at, query, cube_ids, model, decisions:
+  // [{memory_id, cube_id, version, memory_type, form, section, reason, tokens, score}],
+  // activation, events, prompt_tokens, cached_tokens}.
+  const texts = new Map();
+
   async function loadDecisions() {
-    const data = await api("GET", "scheduler/decisions?limit=20");
-    const decisions = listOf(data, "decisions");
+    const records = listOf(await api("GET", "scheduler/decisions?limit=20"), "decisions", "records");
     const box = clear($("decisions"));
-    if (!decisions.length) box.append(el("p", { class: "muted", text: "no answers yet" }));
-    for (const d of decisions) box.append(decisionNode(d));
+    if (!records.length) box.append(el("p", { class: "muted", text: "no answers yet" }));
+    // The memories' texts, fetched once each (a deleted or unreadable one shows its id).
+    const ids = [...new Set(records.flatMap((r) => (r.decisions || []).map((d) => d.memory_id)))]
+      .filter((id) => id && !texts.has(id)).slice(0, 100);
+    await Promise.all(ids.map((id) => api("GET", `memories/${encodeURIComponent(id)}`)
+      .then((m) => texts.set(id, m.text), () => texts.set(id, null))));
+    for (const r of records) box.append(decisionNode(r));
   }
 
-  function decisionNode(d) {
-    const chosen = listOf(d.memories || d.selected || d.items || [], "memories");
-    const head = [d.query || d.question || d.prompt, when(d.at || d.created_at)].filter(Boolean);
-    const rest = Object.entries(d).filter(([k]) =>
-      !["memories", "selected", "items", "query", "question", "prompt", "at", "created_at"].includes(k));
-    return el("article", { class: "decision" },
-      el("header", {}, el("strong", { text: head[0] || "answer" }), el("span", { class: "muted", text: " " + (head[1] || "") })),
-      el("dl", { class: "header" }, rest.map(([k, v]) => [el("dt", { text: k }), el("dd", { text: cell(k, v) })])),
-      el("ol", { class: "chosen" }, chosen.map((m) => {
-        const id = m.memory_id || m.id || (m.item && m.item.id);
-        const text = m.text || (m.item && m.item.text) || id;
-        const why = [m.form, m.reason || m.why, m.score !== undefined ? "score " + Number(m.score).toFixed(3) : ""].filter(Boolean).join(" · ");
-        return el("li", {}, el("button", { type: "button", class: "link", onclick: () => id && openMemory(id), text }),
-          el("span", { class: "muted", text: why ? "  " + why : "" }));
-      })));
+  function decisionNode(r) {
+    const facts = [
+      ["model", r.model], ["cubes", (r.cube_ids || []).map(cubeName).join(", ")],
+      ["prompt tokens", r.prompt_tokens], ["from cache", r.cached_tokens || ""],
+      ["activation", r.activation ? `${r.activation.tokens || "?"} tokens from ${r.activation.source || "cache"}` : ""],
+      ["events", (r.events || []).join("; ")],
+    ].filter(([, v]) => v !== undefined && v !== null && v !== "");
+    const decisions = r.decisions || [];
+    return el("article", { class: "decision", "data-id": r.id },
+      el("header", {}, el("strong", { text: r.query || "answer" }), el("span", { class: "muted", text: "  " + when(r.at) })),
+      el("dl", { class: "header" }, facts.map(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })])),
+      el("table", { class: "list chosen" },
+        el("thead", {}, el("tr", {}, ["form", "section", "memory", "v", "score", "tokens", "why"].map((h) => el("th", { text: h })))),
+        el("tbody", {}, decisions.map((d) => {
+          const text = texts.get(d.memory_id);
+          return el("tr", { class: "form-" + d.form },
+            el("td", {}, el("span", { class: "badge form", text: d.form })),
+            el("td", { text: d.section || "" }),
+            el("td", { class: "text" }, el("button", { type: "button", class: "link", onclick: () => guarded(() => openMemory(d.memory_id)),
+              text: text || d.memory_id + (text === null ? " (gone)" : "") })),
+            el("td", { text: d.version !== undefined ? String(d.version) : "" }),
+            el("td", { text: d.score !== undefined && d.score !== null ? Number(d.score).toFixed(3) : "" }),
+            el("td", { text: d.tokens ? String(d.tokens) : "" }),
+            el("td", { class: "muted", text: d.reason || "" }));
+        }))));
   }
 
   // --- tabs, key, boot --------------------------------------------------------------------
