@@ -8,6 +8,7 @@ Two modes, chosen when the app is created (`ServerConfig.open_access`):
   keys are 401.
 - **open** (no keys configured): for local use only — requests are served as the
   installation's local admin, and only from loopback clients; anything else is 401.
+  Any Authorization header is ignored (OpenAI clients always send a key).
   `memosys serve` refuses to bind a non-loopback address in this mode.
 """
 
@@ -62,15 +63,14 @@ def authenticate(request: Request) -> Caller:
     """The one auth seam: map the request's credentials to a runtime view."""
     state = request.app.state
     mos: MemOS = state.mos
-    key = bearer_key(request)
     if state.config.open_access:
+        # Credentials are ignored, not rejected: OpenAI clients always send some key.
         client = request.client.host if request.client else None
         if not is_loopback(client):
             raise UnauthorizedError(
                 "this server has no API keys configured and serves loopback clients only")
-        if key is not None:
-            raise UnauthorizedError("this server has no API keys configured; send no key")
         return Caller(mos, None)
+    key = bearer_key(request)
     if key is None:
         raise UnauthorizedError("missing API key: send 'Authorization: Bearer <api key>'")
     raise UnauthorizedError("unknown API key")
