@@ -101,6 +101,8 @@ def test_errors_and_tool_call_records(mos: MemOS) -> None:
         hits = (await _call(client, "search_memories", query="what did the weather tool say",
                             tags=["tool:weather"]))["hits"]
         assert hits[0]["memory"]["id"] == record["id"]
+        assert not (await _call(client, "search_memories", query="weather",
+                                until="2000-01-01T00:00:00Z"))["hits"]
         full = await _call(client, "get_memory", memory_id=record["id"])
         assert full["metadata"]["arguments"] == {"city": "Oslo"}
         assert full["source"]["session"] == "s1"

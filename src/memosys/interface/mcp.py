@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from functools import partial
 from typing import Any, Literal, TypeVar
 
@@ -130,12 +131,15 @@ def _tools(call: Call[Any]) -> list[tuple[Callable[..., Any], ToolAnnotations]]:
         tags: list[str] | None = None,
         user: str | None = None,
         session: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> dict[str, Any]:
         """Search memories (BM25 + vector, fused) in the given cubes, or all visible
         cubes. Each hit has a score (higher is better, comparable within one search),
-        the memory, and its provenance (who/where it came from, version)."""
+        the memory, and its provenance (who/where it came from, version). `since`/`until`
+        (ISO date-times) bound the event time."""
         filters = SearchFilters(memory_types=memory_types or (), tags=tags or (), user=user,
-                                session=session)
+                                session=session, since=since, until=until)
         return await call(ctx, lambda mos: {
             "hits": [_hit(h) for h in mos.search(query, cubes or None, top_k, filters)]
         })
