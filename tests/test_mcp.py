@@ -112,15 +112,20 @@ def test_errors_and_tool_call_records(mos: MemOS) -> None:
 
 
 def test_stdio_subprocess(home: Path) -> None:
-    """`memosys mcp` as an MCP client launches it: a separate process on stdin/stdout."""
+    """`memosys mcp` as an MCP client launches it: a separate process on stdin/stdout,
+    acting as the user of the API key in its environment."""
+    with MemOS.open(home) as mos:
+        mos.create_user("alice", role="owner")
+        _, key = mos.create_api_key("alice")
     params = StdioServerParameters(
         command=sys.executable, args=["-m", "memosys", "mcp", "--home", str(home)],
         env={"PYTHONPATH": os.pathsep.join([_SRC, os.environ.get("PYTHONPATH", "")]),
-             "HF_HUB_OFFLINE": "1"},
+             "HF_HUB_OFFLINE": "1", "MEMOSYS_API_KEY": key},
     )
     _run(Client(params, read_timeout_seconds=120), _lifecycle)
     with MemOS.open(home) as mos:  # the subprocess's writes are durable in the home
         assert mos.stats("alice")["cubes"][0]["by_state"]["active"] == 1
+        assert {e.actor for e in mos.audit_log() if e.op == "add"} == {"alice"}
 
 
 def test_streamable_http(mos: MemOS) -> None:
@@ -134,7 +139,8 @@ def test_streamable_http_with_explicit_transport(mos: MemOS) -> None:
         async def scenario(client: Client) -> None:
             assert (await _call(client, "list_cubes"))["cubes"] == []
 
-        http = httpx2.AsyncClient(headers={"User-Agent": "test"})
+        http = httpx2.AsyncClient(headers={"User-Agent": "test"},
+                                  timeout=httpx2.Timeout(30, read=300))
         _run(Client(streamable_http_client(f"{base}/memory", http_client=http)), scenario)
 
 
@@ -152,3 +158,60 @@ def test_http_open_mode_serves_loopback_only(mos: MemOS) -> None:
 
     response = anyio.run(remote)
     assert response.status_code == 401 and "loopback" in response.json()["error"]["message"]
+
+
+def _keyed(url: str, key: str | None) -> Client:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    # MCP holds response streams open: a long read timeout, as the SDK's own client has
+    http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=300))
+    return Client(streamable_http_client(url, http_client=http))
+
+
+def test_streamable_http_with_api_keys(mos: MemOS) -> None:
+    """Each tool call acts as the key's user: checked and audited by the runtime."""
+    mos.create_user("alice", role="owner")
+    mos.create_user("bob")
+    _, alice_key = mos.create_api_key("alice")
+    bob_id, bob_key = mos.create_api_key("bob")
+    _, bob_reader = mos.create_api_key("bob", scopes=["read"])
+    mos.create_cube("alice", owner="alice")
+    mos.create_cube("bob", owner="bob")
+    app = http_app(mos, authenticate=mos.authenticate, actor_for=mos.as_actor)
+    with LiveServer(app, lifespan="on") as base:
+        url = f"{base}/mcp"
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic x"}):
+            refused = httpx.post(url, json={}, headers=headers)
+            assert refused.status_code == 401, headers
+            assert refused.json()["error"]["code"] in ("unauthorized", "unauthenticated",
+                                                       "invalid_input")
+        found: dict[str, Any] = {}
+
+        async def as_alice(client: Client) -> None:
+            [item] = (await _call(client, "add_memory", text="Alice's door code is 4321",
+                                  cube="alice"))["items"]
+            found["id"] = item["id"]
+            assert [c["name"] for c in (await _call(client, "list_cubes"))["cubes"]] == ["alice"]
+
+        async def as_bob(client: Client) -> None:
+            assert [c["name"] for c in (await _call(client, "list_cubes"))["cubes"]] == ["bob"]
+            hits = (await _call(client, "search_memories", query="door code"))["hits"]
+            assert hits == []
+            assert "not_found" in await _error(client, "get_memory", memory_id=found["id"])
+            assert "not_found" in await _error(client, "forget_memory", memory_id=found["id"])
+            await _call(client, "add_memory", text="Bob likes chess", cube="bob")
+
+        async def as_bob_reader(client: Client) -> None:
+            assert (await _call(client, "search_memories", query="chess"))["hits"]
+            denied = await _error(client, "add_memory", text="x", cube="bob")
+            assert "permission_denied" in denied
+
+        _run(_keyed(url, alice_key), as_alice)
+        _run(_keyed(url, bob_key), as_bob)
+        _run(_keyed(url, bob_reader), as_bob_reader)
+        mos.revoke_api_key(bob_id)
+        assert httpx.post(url, json={}, headers={
+            "Authorization": f"Bearer {bob_key}"}).status_code == 401
+
+    assert mos.get(found["id"]).state.value == "active"  # bob's forget changed nothing
+    adds = [e for e in mos.audit_log(actor="alice") if e.op == "add"]
+    assert adds and adds[0].items[0][0] == found["id"]

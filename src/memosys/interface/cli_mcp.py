@@ -25,11 +25,16 @@ def mcp_command(
     host: Annotated[str, typer.Option(help="http: address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="http: port.")] = 8765,
     path: Annotated[str, typer.Option(help="http: endpoint path.")] = "/mcp",
+    api_key: Annotated[str | None, typer.Option(
+        envvar="MEMOSYS_API_KEY", help="stdio: act as this key's user (default: the local "
+        "admin). Over http every request brings its own key.")] = None,
     home: HomeOpt = None,
 ) -> None:
-    """Run the MCP server (tools: add, search, get, update, forget memories, ...).
+    """Run the MCP server (tools: add, search, get, update, forget memories, chat, ...).
 
-    stdout carries the protocol on stdio, so everything else goes to stderr."""
+    stdout carries the protocol on stdio, so everything else goes to stderr. Over http,
+    with API keys configured every request needs `Authorization: Bearer <key>`; without,
+    only loopback clients are served (as `memosys serve` does)."""
     if transport not in ("stdio", "http"):
         raise typer.BadParameter("--transport must be stdio or http")
     from memosys.interface.mcp import build_mcp_server, http_app, serve_http
@@ -38,17 +43,20 @@ def mcp_command(
     try:
         with MemOS.open(home) as mos:
             if transport == "stdio":
-                build_mcp_server(mos).run("stdio")
+                runtime = mos.as_actor(mos.authenticate(api_key)) if api_key else mos
+                build_mcp_server(runtime).run("stdio")
                 return
             if not path.startswith("/"):
                 raise ValidationError("--path must start with '/'")
-            if not is_loopback(host):
+            keys = any(k.active for k in mos.list_api_keys())
+            if not keys and not is_loopback(host):
                 raise ValidationError(
                     f"refusing to serve {host} without API keys: create a key first, or "
                     "bind 127.0.0.1 for local use")
-            app = http_app(mos, authenticate=None, path=path, host=host)
-            err.print(f"memosys MCP on http://{host}:{port}{path} — auth: open (loopback "
-                      "only, no API keys configured)")
+            app = http_app(mos, authenticate=mos.authenticate if keys else None,
+                           actor_for=mos.as_actor, path=path, host=host)
+            mode = "API keys" if keys else "open (loopback only, no API keys configured)"
+            err.print(f"memosys MCP on http://{host}:{port}{path} — auth: {mode}")
             serve_http(app, host, port)
     except MemosysError as exc:
         err.print(f"[red]error[/red] ({exc.code}): {exc}")
