@@ -18,11 +18,13 @@ from mcp.client.streamable_http import streamable_http_client
 import memosys
 from live_server import LiveServer
 from memosys.interface.mcp import build_mcp_server, http_app
+from memosys.models.local_llm import LocalLLM
+from memosys.operation.scheduler import MemScheduler, SchedulerConfig
 from memosys.system import MemOS
 
 _SRC = str(Path(memosys.__file__).resolve().parents[1])
 TOOLS = {"list_cubes", "add_memory", "search_memories", "get_memory", "update_memory",
-         "forget_memory", "memory_history", "rollback_memory", "record_tool_call"}
+         "forget_memory", "memory_history", "rollback_memory", "chat", "record_tool_call"}
 
 
 def _run(client: Client, scenario: Callable[[Client], Awaitable[None]]) -> None:
@@ -215,3 +217,26 @@ def test_streamable_http_with_api_keys(mos: MemOS) -> None:
     assert mos.get(found["id"]).state.value == "active"  # bob's forget changed nothing
     adds = [e for e in mos.audit_log(actor="alice") if e.op == "add"]
     assert adds and adds[0].items[0][0] == found["id"]
+
+
+def test_chat_tool_answers_with_memory(mos: MemOS, local: LocalLLM) -> None:
+    """The chat tool on the real local model: the second call recalls the first."""
+    mos.llm = local
+    mos.scheduler = MemScheduler(mos, SchedulerConfig(background=False))
+
+    async def scenario(client: Client) -> None:
+        first = await _call(client, "chat", message="My name is Zorblax.", max_tokens=16,
+                            user="u1", session="s1")
+        assert first["text"] and len(first["remembered"]) == 2
+        assert mos.scheduler.run_pending() >= 1  # the queued extraction, run now
+        second = await _call(client, "chat", message="What is my name?", max_tokens=16,
+                             session="s2")
+        assert "Zorblax" in second["text"]
+        used = second["memories_used"]
+        assert used and all(m["form"] in ("plaintext", "activation") and m["reason"]
+                            for m in used)
+        assert mos.scheduler.recent_decisions(1)[0].id == second["scheduling_id"]
+        assert second["usage"]["prompt_tokens"] > 0
+        assert "invalid_input" in await _error(client, "chat")
+
+    _run(Client(build_mcp_server(mos)), scenario)

@@ -47,8 +47,9 @@ PRINCIPAL_SCOPE_KEY = "memosys.principal"
 INSTRUCTIONS = (
     "memosys is a long-term memory store. Use search_memories before answering questions "
     "about the user or past work, add_memory to remember durable facts, preferences and "
-    "decisions, update_memory to correct one, forget_memory when asked to forget. Memories "
-    "live in named cubes (default: 'default'). Ids come from search/add results."
+    "decisions, update_memory to correct one, forget_memory when asked to forget; chat asks "
+    "memosys's own model, which reads memory first. Memories live in named cubes (default: "
+    "'default'). Ids come from search/add results."
 )
 
 _READ = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True)
@@ -188,6 +189,46 @@ def _tools(call: Call[Any]) -> list[tuple[Callable[..., Any], ToolAnnotations]]:
         """Make an old version of a memory current again (written as a new version)."""
         return await call(ctx, lambda mos: _item(mos.rollback(memory_id, version)))
 
+    async def chat(
+        ctx: Context,
+        message: str | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        cubes: list[str] | None = None,
+        user: str | None = None,
+        session: str | None = None,
+        max_tokens: int = 256,
+        remember: bool = True,
+    ) -> dict[str, Any]:
+        """Answer with memory: give the user's `message` (or a whole conversation as
+        `messages` [{role, content}], the last one the user's). The memory scheduler picks
+        memories from `cubes` (default: "default"; new turns are written to the first) and
+        the bound model answers. Returns the answer, the memories used with the form and
+        the reason, token usage, and the ids of the turns remembered (`remember`)."""
+        if (message is None) == (messages is None):
+            raise ToolError("invalid_input: give exactly one of message or messages")
+        convo = messages if messages is not None else [{"role": "user", "content": message}]
+
+        def run(mos: MemOS) -> dict[str, Any]:
+            result = mos.chat(convo, cube_ids=cubes or None, user=user, session=session,
+                              max_tokens=max_tokens, remember=remember)
+            used = [d for d in result.decisions if d.form != "skipped"]
+            return {
+                "text": result.text,
+                "memories_used": [
+                    {"memory_id": d.memory_id, "version": d.version, "form": d.form,
+                     "section": d.section, "reason": d.reason, "score": d.score}
+                    for d in used
+                ],
+                "skipped": len(result.decisions) - len(used),
+                "usage": result.as_dict()["usage"],
+                "model": result.model,
+                "finish_reason": result.finish_reason,
+                "cube_id": result.cube_id,
+                "scheduling_id": result.scheduling_id,
+                "remembered": list(result.written),
+            }
+        return await call(ctx, run)
+
     async def record_tool_call(
         ctx: Context,
         tool: str,
@@ -219,6 +260,7 @@ def _tools(call: Call[Any]) -> list[tuple[Callable[..., Any], ToolAnnotations]]:
         (forget_memory, _DESTRUCTIVE),
         (memory_history, _READ),
         (rollback_memory, _WRITE),
+        (chat, _WRITE),
         (record_tool_call, _WRITE),
     ]
 
@@ -252,6 +294,9 @@ def http_app(
             return runtime
         return actor_for(principal)
 
+    # Created now so the per-request views (as_actor copies the runtime) share one scheduler:
+    # its decisions and usage statistics span every caller, as in `memosys serve`.
+    _ = runtime.scheduler
     server = build_mcp_server(runtime, resolve, log_level=log_level)
     app = server.streamable_http_app(streamable_http_path=path, host=host)
     return McpAuthMiddleware(app, authenticate)
