@@ -511,6 +511,14 @@ class SQLiteVault(Vault):
                 f"{alias}.event_time <= ? AND ({alias}.valid_to IS NULL OR {alias}.valid_to > ?)"
             )
             params.extend([at, at])
+        if flt.viewer is not None:  # governance: private memories only for their owner
+            clauses.append(f"(json_extract({alias}.doc, '$.visibility') != 'private' "
+                           f"OR {alias}.owner = ?)")
+            params.append(flt.viewer)
+        if flt.public_only_cubes:
+            clauses.append(f"({alias}.cube_id NOT IN ({','.join('?' * len(flt.public_only_cubes))})"
+                           f" OR json_extract({alias}.doc, '$.visibility') = 'public')")
+            params.extend(flt.public_only_cubes)
         return (" AND ".join(clauses) or "1"), params
 
     def list_items(self, flt: ItemFilter, limit: int = 100, offset: int = 0) -> list[MemoryItem]:
