@@ -73,3 +73,22 @@ class SensitiveDataError(ValidationError):
     """A write carries sensitive data into a cube whose policy rejects it."""
 
     code = "sensitive_data"
+
+
+class ActivationError(MemosysError):
+    """An activation (KV) cache that cannot be built, loaded or used."""
+
+    code = "activation_error"
+    exit_code = 9
+
+
+class StaleActivationError(ActivationError):
+    """A KV cache whose source memories changed (edited, deleted, purged) since it was built."""
+
+    code = "stale_activation"
+
+
+class ActivationModelMismatchError(ActivationError):
+    """A KV cache built by another model or tokenizer than the one bound now."""
+
+    code = "activation_model_mismatch"
