@@ -132,10 +132,11 @@ class MemOS(GovernanceAPI):
         return cls(Settings.load(home, **overrides))
 
     def close(self) -> None:
-        if not self._is_view:  # a view (as_actor) shares the runtime's vault and scheduler
-            if getattr(self, "_scheduler", None) is not None:
-                self._scheduler.stop()  # its worker uses the vault
-            self.vault.close()
+        if self._is_view:  # a view (as_actor) shares the runtime's vault and scheduler
+            return
+        if getattr(self, "_scheduler", None) is not None:
+            self._scheduler.stop()  # its worker uses the vault
+        self.vault.close()
 
     def __enter__(self) -> MemOS:
         return self
