@@ -17,7 +17,9 @@ from mcp.client.streamable_http import streamable_http_client
 
 import memosys
 from live_server import LiveServer
-from memosys.interface.mcp import build_mcp_server, http_app
+from memosys.interface import rest_auth
+from memosys.interface.mcp import build_mcp_server
+from memosys.interface.mcp_http import http_app
 from memosys.models.local_llm import LocalLLM
 from memosys.operation.scheduler import MemScheduler, SchedulerConfig
 from memosys.system import MemOS
@@ -131,13 +133,13 @@ def test_stdio_subprocess(home: Path) -> None:
 
 
 def test_streamable_http(mos: MemOS) -> None:
-    with LiveServer(http_app(mos, authenticate=None), lifespan="on") as base:
+    with LiveServer(http_app(mos), lifespan="on") as base:
         _run(Client(f"{base}/mcp"), _lifecycle)
 
 
 def test_streamable_http_with_explicit_transport(mos: MemOS) -> None:
     """A client that brings its own HTTP client (headers, timeouts), as agents do."""
-    with LiveServer(http_app(mos, authenticate=None, path="/memory"), lifespan="on") as base:
+    with LiveServer(http_app(mos, path="/memory"), lifespan="on") as base:
         async def scenario(client: Client) -> None:
             assert (await _call(client, "list_cubes"))["cubes"] == []
 
@@ -146,20 +148,37 @@ def test_streamable_http_with_explicit_transport(mos: MemOS) -> None:
         _run(Client(streamable_http_client(f"{base}/memory", http_client=http)), scenario)
 
 
-def test_http_open_mode_serves_loopback_only(mos: MemOS) -> None:
-    app = http_app(mos, authenticate=None)
-    with LiveServer(app, lifespan="on") as base:
-        refused = httpx.post(f"{base}/mcp", json={}, headers={"Authorization": "Bearer k"})
-        assert refused.status_code == 401
-        assert refused.json()["error"]["code"] == "unauthorized"
+def test_http_open_mode_until_the_first_key(mos: MemOS, monkeypatch) -> None:
+    """No keys: loopback clients act as the local admin (a stray key header is ignored, as
+    the REST service does); the first key created switches the running server to keys."""
+    monkeypatch.setattr(rest_auth, "KEYS_TTL", 0.0)
+    app = http_app(mos)
 
     async def remote() -> httpx.Response:
         transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 40000))
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
             return await c.post("/mcp", json={})
 
-    response = anyio.run(remote)
-    assert response.status_code == 401 and "loopback" in response.json()["error"]["message"]
+    refused = anyio.run(remote)
+    assert refused.status_code == 401 and "loopback" in refused.json()["error"]["message"]
+
+    async def sees_all_cubes(client: Client) -> None:
+        assert [c["name"] for c in (await _call(client, "list_cubes"))["cubes"]] == ["c"]
+
+    mos.create_cube("c")
+    with LiveServer(app, lifespan="on") as base:
+        url = f"{base}/mcp"
+        _run(_keyed(url, "msk_stray"), sees_all_cubes)
+        mos.create_user("alice")
+        _, key = mos.create_api_key("alice")
+        missing = httpx.post(url, json={})
+        assert missing.status_code == 401
+        assert missing.json()["error"]["code"] == "unauthenticated"
+
+        async def alice_sees_none(client: Client) -> None:
+            assert (await _call(client, "list_cubes"))["cubes"] == []
+
+        _run(_keyed(url, key), alice_sees_none)
 
 
 def _keyed(url: str, key: str | None) -> Client:
@@ -178,14 +197,13 @@ def test_streamable_http_with_api_keys(mos: MemOS) -> None:
     _, bob_reader = mos.create_api_key("bob", scopes=["read"])
     mos.create_cube("alice", owner="alice")
     mos.create_cube("bob", owner="bob")
-    app = http_app(mos, authenticate=mos.authenticate, actor_for=mos.as_actor)
+    app = http_app(mos)
     with LiveServer(app, lifespan="on") as base:
         url = f"{base}/mcp"
         for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic x"}):
             refused = httpx.post(url, json={}, headers=headers)
             assert refused.status_code == 401, headers
-            assert refused.json()["error"]["code"] in ("unauthorized", "unauthenticated",
-                                                       "invalid_input")
+            assert refused.json()["error"]["code"] in ("unauthenticated", "invalid_input")
         found: dict[str, Any] = {}
 
         async def as_alice(client: Client) -> None:

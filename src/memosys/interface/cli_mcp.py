@@ -37,8 +37,9 @@ def mcp_command(
     only loopback clients are served (as `memosys serve` does)."""
     if transport not in ("stdio", "http"):
         raise typer.BadParameter("--transport must be stdio or http")
-    from memosys.interface.mcp import build_mcp_server, http_app, serve_http
-    from memosys.interface.rest_auth import is_loopback
+    from memosys.interface.mcp import build_mcp_server
+    from memosys.interface.mcp_http import http_app, serve_http
+    from memosys.interface.rest_auth import KeyPresence, is_loopback
 
     try:
         with MemOS.open(home) as mos:
@@ -48,13 +49,14 @@ def mcp_command(
                 return
             if not path.startswith("/"):
                 raise ValidationError("--path must start with '/'")
-            keys = any(k.active for k in mos.list_api_keys())
+            keys = KeyPresence(mos)()
             if not keys and not is_loopback(host):
                 raise ValidationError(
                     f"refusing to serve {host} without API keys: create a key first, or "
                     "bind 127.0.0.1 for local use")
-            app = http_app(mos, authenticate=mos.authenticate if keys else None,
-                           actor_for=mos.as_actor, path=path, host=host)
+            # As `memosys serve`: on loopback open until the first key exists, else keys.
+            app = http_app(mos, open_access=None if is_loopback(host) else False, path=path,
+                           host=host)
             mode = "API keys" if keys else "open (loopback only, no API keys configured)"
             err.print(f"memosys MCP on http://{host}:{port}{path} — auth: {mode}")
             serve_http(app, host, port)

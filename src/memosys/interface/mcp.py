@@ -1,12 +1,11 @@
-"""The MCP server: memosys's Memory API as Model Context Protocol tools.
+"""The MCP server: memosys's Memory API as Model Context Protocol tools (docs/mcp.md).
 
 Built on the official `mcp` SDK (2.x: `mcp.server.mcpserver.MCPServer`). One server object
 serves both transports:
 - stdio (`memosys mcp`): the process acts as the local installation admin, or as the
   principal of the API key it was started with;
-- streamable HTTP (`memosys mcp --transport http`): every HTTP request must carry
-  `Authorization: Bearer <api key>`; each tool call acts as the principal of the key on the
-  request that carried it (so a session id learnt by someone else is useless without a key).
+- streamable HTTP (`memosys mcp --transport http`, memosys.interface.mcp_http): each tool
+  call acts as the principal of the API key on the request that carried it.
 
 Tools run the blocking runtime calls in worker threads, so one slow call (a chat, an
 embedding batch) never stalls the other sessions on the HTTP transport. A memosys error
@@ -26,11 +25,8 @@ import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
-from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from memosys.errors import MemosysError
-from memosys.interface.rest_auth import is_loopback
 from memosys.operation.retrieval import SearchHit
 from memosys.system import MemOS, SearchFilters
 from memosys.types import MemoryItem
@@ -40,9 +36,6 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 ActorResolver = Callable[[Context], MemOS]
 """Picks the runtime view a tool call acts through (see `build_mcp_server`)."""
-
-PRINCIPAL_SCOPE_KEY = "memosys.principal"
-"""Where the HTTP auth middleware leaves the request's principal in the ASGI scope."""
 
 INSTRUCTIONS = (
     "memosys is a long-term memory store. Use search_memories before answering questions "
@@ -263,95 +256,6 @@ def _tools(call: Call[Any]) -> list[tuple[Callable[..., Any], ToolAnnotations]]:
         (chat, _WRITE),
         (record_tool_call, _WRITE),
     ]
-
-
-# --- streamable HTTP ------------------------------------------------------------------
-Authenticator = Callable[[str], Any]
-"""An API key -> its principal; raises a MemosysError (e.g. AuthenticationError) if bad."""
-
-
-def http_app(
-    runtime: MemOS,
-    *,
-    authenticate: Authenticator | None,
-    actor_for: Callable[[Any], MemOS] | None = None,
-    path: str = "/mcp",
-    host: str = "127.0.0.1",
-    log_level: LogLevel = "WARNING",
-) -> ASGIApp:
-    """The streamable-HTTP MCP endpoint at `path`, as an ASGI app for uvicorn.
-
-    With `authenticate`, every request needs `Authorization: Bearer <key>` (401 otherwise)
-    and each tool call acts through `actor_for(principal)`. Without (no API keys
-    configured: open mode, as `memosys serve` has), only loopback clients are served, as
-    the local admin. `host` is what the server binds to; the SDK's DNS-rebinding
-    protection then accepts only matching Host headers."""
-
-    def resolve(ctx: Context) -> MemOS:
-        request = ctx.request_context.request
-        principal = getattr(request, "scope", {}).get(PRINCIPAL_SCOPE_KEY)
-        if principal is None or actor_for is None:
-            return runtime
-        return actor_for(principal)
-
-    # Created now so the per-request views (as_actor copies the runtime) share one scheduler:
-    # its decisions and usage statistics span every caller, as in `memosys serve`.
-    _ = runtime.scheduler
-    server = build_mcp_server(runtime, resolve, log_level=log_level)
-    app = server.streamable_http_app(streamable_http_path=path, host=host)
-    return McpAuthMiddleware(app, authenticate)
-
-
-class McpAuthMiddleware:
-    """The HTTP transport's one auth point (pure ASGI, so SSE streams pass untouched): with
-    an authenticator, checks `Authorization: Bearer <api key>` on every request and leaves
-    the principal in the ASGI scope for the tools; in open mode, serves loopback only."""
-
-    def __init__(self, app: ASGIApp, authenticate: Authenticator | None) -> None:
-        self.app = app
-        self.authenticate = authenticate
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":  # lifespan: the session manager's task group
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        header = headers.get(b"authorization", b"").decode("latin-1")
-        scheme, _, key = header.partition(" ")
-        if self.authenticate is None:
-            client = scope.get("client")
-            if not is_loopback(client[0] if client else None):
-                await _unauthorized("this server has no API keys configured and serves "
-                                    "loopback clients only")(scope, receive, send)
-                return
-            if header:
-                await _unauthorized("this server has no API keys configured; send no key")(
-                    scope, receive, send)
-                return
-            await self.app(scope, receive, send)
-            return
-        if scheme.lower() != "bearer" or not key.strip():
-            await _unauthorized("missing API key: send 'Authorization: Bearer <api key>'")(
-                scope, receive, send)
-            return
-        try:
-            principal = await anyio.to_thread.run_sync(self.authenticate, key.strip())
-        except MemosysError as exc:
-            await _unauthorized(str(exc))(scope, receive, send)
-            return
-        await self.app({**scope, PRINCIPAL_SCOPE_KEY: principal}, receive, send)
-
-
-def _unauthorized(message: str) -> JSONResponse:
-    # The REST service's error shape and code, so clients handle both alike.
-    return JSONResponse({"error": {"code": "unauthorized", "message": message}},
-                        status_code=401, headers={"WWW-Authenticate": 'Bearer realm="memosys"'})
-
-
-def serve_http(app: ASGIApp, host: str, port: int) -> None:
-    import uvicorn
-
-    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 def _item(item: MemoryItem, *, full: bool = False) -> dict[str, Any]:
