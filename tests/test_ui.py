@@ -181,3 +181,47 @@ def test_word_diff(page: Page) -> None:
     assert "".join(p["text"] for p in parts if p["op"] != "ins") == long_a
     assert "".join(p["text"] for p in parts if p["op"] != "del") == long_b
     assert sum(p["op"] != "eq" for p in parts) == 2
+
+
+def test_api_keys_masking_permissions_and_audit(mos: MemOS, page: Page) -> None:
+    """With keys configured the page shows what the typed key may see: a reader of a shared
+    cube gets masked sensitive text and the labels, cannot edit, and each user's audit
+    trail lists their own actions."""
+    mos.create_user("alice", role="owner")
+    mos.create_user("bob")
+    _, alice_key = mos.create_api_key("alice")
+    _, bob_key = mos.create_api_key("bob")
+    alice = mos.as_actor(mos.authenticate(alice_key))
+    alice.create_cube("alice")
+    [secret] = alice.add("alice", "Alice's email is alice@example.com")
+    alice.share_cube("alice", "bob", ["read"])
+
+    _open(page)
+    expect(page.locator("#status.error")).to_contain_text("unauthenticated")
+    expect(page.locator("#cube-list .cube")).to_have_count(0)
+
+    page.locator("#api-key").fill(bob_key)
+    page.locator("#key-form button[type=submit]").click()
+    row = page.get_by_test_id("memory-rows").locator("tr").first
+    expect(row.locator("td.text")).to_have_text("Alice's email is [EMAIL]")
+    expect(row.locator(".badge.sens")).to_have_text("email")
+    row.click()
+    page.locator("#edit-text").fill("Alice's email is gone")
+    page.locator("#edit-save").click()
+    expect(page.locator("#status.error")).to_contain_text("permission_denied")
+    assert mos.get(secret.id).version == 1
+
+    page.locator("#api-key").fill(alice_key)
+    page.locator("#key-form button[type=submit]").click()
+    expect(page.get_by_test_id("detail")).to_be_hidden()  # bob's view is gone
+    expect(row.locator("td.text")).to_have_text("Alice's email is alice@example.com")
+    page.get_by_role("tab", name="Audit trail").click()
+    audit = page.get_by_test_id("audit-rows").locator("tr")
+    expect(audit.filter(has_text="share_cube")).to_have_count(1)
+    expect(audit.filter(has_text="bob")).to_have_count(1)  # share detail names bob
+    adds = audit.filter(has=page.locator("td", has_text=re.compile(r"^add$")))
+    expect(adds).to_have_count(1)
+    expect(adds.locator("td").nth(2)).to_have_text("alice")  # the actor column
+    # the entry links the memory and version it wrote
+    adds.get_by_role("button", name=f"{secret.id[-8:]} v1").click()
+    expect(page.locator('dd[data-field="id"]')).to_have_text(secret.id)

@@ -409,6 +409,15 @@
     if (name === "search") $("search-query").focus();
   }
 
+  // A new key is a new identity: drop everything the previous one was shown.
+  function resetViews() {
+    Object.assign(state, { cube: null, cubes: [], offset: 0, nextOffset: null, memory: null, history: [] });
+    texts.clear();
+    for (const id of ["cube-list", "memory-rows", "search-results", "audit-rows", "decisions", "history-rows"]) clear($(id));
+    $("detail").hidden = true;
+    $("memories-title").textContent = "Select a cube";
+  }
+
   function on(id, event, fn) { $(id).addEventListener(event, (e) => guarded(() => fn(e))); }
 
   function boot() {
@@ -416,11 +425,16 @@
     on("key-form", "submit", async (e) => {
       e.preventDefault();
       localStorage.setItem("memosys.apiKey", $("api-key").value.trim());
-      state.cube = null;
+      resetViews();
       await loadCubes();
       status("key saved in this browser");
     });
-    on("key-clear", "click", async () => { localStorage.removeItem("memosys.apiKey"); $("api-key").value = ""; status("key forgotten"); });
+    on("key-clear", "click", async () => {
+      localStorage.removeItem("memosys.apiKey");
+      $("api-key").value = "";
+      resetViews();
+      status("key forgotten");
+    });
     on("cubes-reload", "click", loadCubes);
     on("page-prev", "click", () => { state.offset = Math.max(0, state.offset - PAGE); return loadMemories(); });
     on("state-filter", "change", () => { state.offset = 0; return loadMemories(); });
@@ -437,8 +451,7 @@
       await loadCubes();
       const m = location.hash.match(/^#memory\/(.+)$/);
       if (m) await openMemory(decodeURIComponent(m[1]));
-      document.body.dataset.ready = "true";
-    });
+    }).finally(() => { document.body.dataset.ready = "true"; });
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", boot);
