@@ -1,5 +1,6 @@
 """memosys: a memory operating system for LLM applications."""
 
+from memosys.client import Client
 from memosys.errors import (
     ConflictError,
     EmbedderMismatchError,
@@ -11,6 +12,7 @@ from memosys.errors import (
 from memosys.system import MemOS, Message, SearchFilters
 
 __all__ = [
+    "Client",
     "ConflictError",
     "EmbedderMismatchError",
     "MemOS",

@@ -54,6 +54,27 @@ class LLMError(MemosysError):
     exit_code = 8
 
 
+class AuthenticationError(MemosysError):
+    """An unknown, malformed or revoked API key (HTTP 401)."""
+
+    code = "unauthenticated"
+    exit_code = 9
+
+
+class PermissionDeniedError(MemosysError):
+    """The actor can see the target but may not do this to it (HTTP 403). Anything the
+    actor may not see is a NotFoundError instead, so existence is never revealed."""
+
+    code = "permission_denied"
+    exit_code = 10
+
+
+class SensitiveDataError(ValidationError):
+    """A write carries sensitive data into a cube whose policy rejects it."""
+
+    code = "sensitive_data"
+
+
 class ArchiveError(MemosysError):
     """A cube archive (MIP) that cannot be imported: corrupt, truncated, or not a MIP
     file. Nothing was written to the target."""

@@ -7,6 +7,7 @@ concurrent writers never lose an update or resurrect an overwritten one.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -23,12 +24,14 @@ from memosys.errors import (
     ConflictError,
     EmbedderMismatchError,
     NotFoundError,
+    SensitiveDataError,
     ValidationError,
 )
 from memosys.infra.vault import open_vault
 from memosys.infra.vault.base import ItemFilter, Job, Snapshot, Vault, VersionRecord, Write
 from memosys.models.embed import Embedder, MemoizedEmbedder, make_embedder
 from memosys.operation.retrieval import HybridRetriever, RetrievalConfig, SearchHit
+from memosys.system_governance import GovernanceAPI
 from memosys.types import (
     CubeConfig,
     MemCube,
@@ -93,8 +96,11 @@ _UPDATABLE = {
 }
 
 
-class MemOS:
-    """The memory runtime: mounts cubes in one vault and serves the Memory API."""
+class MemOS(GovernanceAPI):
+    """The memory runtime: mounts cubes in one vault and serves the Memory API.
+
+    Every method checks and audits the current actor (`actor`, `as_actor`; see
+    `memosys.access`): a plain MemOS is the local installation admin."""
 
     def __init__(
         self,
@@ -123,7 +129,8 @@ class MemOS:
         return cls(Settings.load(home, **overrides))
 
     def close(self) -> None:
-        self.vault.close()
+        if not self._is_view:  # a view (as_actor) shares the runtime's vault
+            self.vault.close()
 
     def __enter__(self) -> MemOS:
         return self
@@ -135,14 +142,22 @@ class MemOS:
     def create_cube(
         self, name: str, *, owner: str | None = None, description: str = ""
     ) -> MemCube:
+        owner = self._access.check_create_cube(owner)
         config = CubeConfig(embedder_id=self.embedder.id, embedding_dim=self.embedder.dim)
         cube = validated(MemCube, name=name, owner=owner, description=description,
                          config=config)
-        return self.vault.create_cube(cube)
+        created = self.vault.create_cube(cube)
+        self._audit("create_cube", cube_id=created.id, detail={"owner": owner})
+        return created
 
-    def get_cube(self, cube: str) -> MemCube:
-        """A cube by name or id, checked against this runtime's embedder."""
+    def get_cube(self, cube: str, *, need: str = "read") -> MemCube:
+        """A cube by name or id the actor may `need` (read/write/delete/share), checked
+        against this runtime's embedder."""
         found = self.vault.get_cube(_text_arg("cube", cube))
+        self._access.require_cube(found, need, op=f"cube.{need}", name=cube)
+        return self._embedder_checked(found)
+
+    def _embedder_checked(self, found: MemCube) -> MemCube:
         cfg = found.config
         if cfg.embedder_id != self.embedder.id or cfg.embedding_dim != self.embedder.dim:
             raise EmbedderMismatchError(
@@ -163,11 +178,12 @@ class MemOS:
                 return self.get_cube(name)
 
     def list_cubes(self) -> list[MemCube]:
-        return self.vault.list_cubes()
+        return self._access.split_cubes(self.vault.list_cubes())[0]
 
     def reembed(self, cube: str, progress: Progress | None = None) -> int:
         """Recompute every embedding of a cube with this runtime's embedder."""
         found = self.vault.get_cube(_text_arg("cube", cube))
+        self._access.require_cube(found, "write", op="reembed", name=cube)
         items = self._all_items(found.id)
         vectors: dict[str, Any] = {}
         for start in range(0, len(items), _EMBED_BATCH):
@@ -181,6 +197,7 @@ class MemOS:
             update={"embedder_id": self.embedder.id, "embedding_dim": self.embedder.dim}
         )
         self.vault.replace_vectors(found.id, vectors, config)
+        self._audit("reembed", cube_id=found.id, detail={"count": len(vectors)})
         return len(vectors)
 
     def _all_items(self, cube_id: str) -> list[MemoryItem]:
@@ -220,11 +237,12 @@ class MemOS:
         becomes a durable job instead (returned list's `.job`). See docs/reader.md."""
         if (text is None) == (messages is None):
             raise ValidationError("give exactly one of text or messages")
-        found = self.get_cube(cube)
+        found = self.get_cube(cube, need="write")
         common: dict[str, Any] = {
             "cube_id": found.id,
             "tags": list(_seq_arg("tags", tags)),
-            "owner": owner or user,
+            "owner": self._access.owner_for_new(owner) if owner or not user
+            else (user if self._access.unrestricted else self._actor.user_id),
             "visibility": visibility,
             "metadata": dict(metadata or {}),
             "valid_to": valid_to,
@@ -275,42 +293,59 @@ class MemOS:
 
     def job(self, job_id: str) -> Job:
         """A background job (e.g. an extraction queued by `add(infer=True, wait=False)`)."""
-        return self.vault.get_job(_text_arg("job id", job_id))
+        found = self.vault.get_job(_text_arg("job id", job_id))
+        if found.cube_id is not None and not self._access.unrestricted:
+            try:
+                self.get_cube(found.cube_id)
+            except NotFoundError:
+                raise NotFoundError(f"no job {job_id!r}") from None
+        elif not self._access.unrestricted:
+            raise NotFoundError(f"no job {job_id!r}")
+        return found
 
     def add_items(
         self, cube: str, items: Iterable[MemoryItem], progress: Progress | None = None
     ) -> list[MemoryItem]:
-        """Store fully formed items (import, benchmarks, derived memories)."""
-        found = self.get_cube(cube)
-        batch = [i.model_copy(update={"cube_id": found.id}) for i in items]
+        """Store fully formed items (import, benchmarks, derived memories). An actor
+        other than an admin owns every item it adds."""
+        found = self.get_cube(cube, need="write")
+        access = self._access
+        batch = [i.model_copy(update={"cube_id": found.id} if access.unrestricted else
+                              {"cube_id": found.id, "owner": self._actor.user_id})
+                 for i in items]
         return self._insert(found.id, batch, progress)
 
     def _insert(
         self, cube_id: str, items: list[MemoryItem], progress: Progress | None
     ) -> list[MemoryItem]:
         stored: list[MemoryItem] = []
+        items = label_sensitive(self, cube_id, items)
         for start in range(0, len(items), _EMBED_BATCH):
             batch = items[start : start + _EMBED_BATCH]
             vectors = self.embedder.embed([i.text for i in batch])
             writes = [Write(i, "add", None, v) for i, v in zip(batch, vectors, strict=True)]
-            stored.extend(self.vault.commit(cube_id, writes))
+            done = self.vault.commit(cube_id, writes)
+            self._audit("add", cube_id=cube_id, items=done)
+            stored.extend(done)
             if progress:
                 progress(len(stored), len(items))
         return stored
 
     # --- reading ---------------------------------------------------------------------
     def get(self, item_id: str) -> MemoryItem:
-        item_id = _text_arg("id", item_id)
-        found = self.vault.get_many([item_id]).get(item_id)
-        if found is None:
-            raise NotFoundError(f"no memory {item_id!r}")
-        return found
+        found = self._access.visible_item(_text_arg("id", item_id), "get")
+        self._audit("get", items=[found])
+        return self._access.present([found])[0]
 
     def history(self, item_id: str) -> list[VersionRecord]:
-        records = self.vault.history(_text_arg("id", item_id))
+        current = self._access.visible_item(_text_arg("id", item_id), "history")
+        records = self.vault.history(current.id)
         if not records:
             raise NotFoundError(f"no memory {item_id!r}")
-        return records
+        self._audit("history", items=[current], detail={"versions": len(records)})
+        shown = self._access.present([r.item for r in records])
+        return [VersionRecord(i, r.clock, r.op, r.at) for i, r in zip(shown, records,
+                                                                       strict=True)]
 
     def list(
         self,
@@ -321,9 +356,12 @@ class MemOS:
         offset: int = 0,
     ) -> list[MemoryItem]:
         found = self.vault.get_cube(_text_arg("cube", cube))
-        flt = self._filter([found.id], filters)
-        return self.vault.list_items(flt, _int_arg("limit", limit, 1, 10_000),
-                                     _int_arg("offset", offset, 0, None))
+        self._access.require_cube(found, "read", op="list", name=cube)
+        flt = self._access.restrict(self._filter([found.id], filters))
+        items = self.vault.list_items(flt, _int_arg("limit", limit, 1, 10_000),
+                                      _int_arg("offset", offset, 0, None))
+        self._audit("list", cube_id=found.id, items=items)
+        return self._access.present(items)
 
     def search(
         self,
@@ -339,16 +377,23 @@ class MemOS:
         top_k = _int_arg("top_k", top_k, 1, MAX_TOP_K)
         if isinstance(cube_ids, str):
             cube_ids = [cube_ids]
-        names = list(_seq_arg("cube_ids", cube_ids)) if cube_ids else [
-            c.id for c in self.vault.list_cubes()
-        ]
-        cubes = [self.get_cube(c).id for c in names]
+        others: list[MemCube] = []
+        if cube_ids:
+            cubes = [self.get_cube(c).id for c in _seq_arg("cube_ids", cube_ids)]
+        else:  # every cube the actor can read, plus the public memories of the others
+            readable, others = self._access.split_cubes(self.vault.list_cubes())
+            cubes = [self._embedder_checked(c).id for c in [*readable, *others]]
         if not cubes:
             return []
-        hits = self.retriever.search(query, self._filter(cubes, filters), top_k)
+        flt = self._access.restrict(self._filter(cubes, filters), others)
+        hits = self.retriever.search(query, flt, top_k)
         if record_access and hits:
             self.vault.record_access([h.item.id for h in hits])
-        return hits
+        self._audit("search", items=[h.item for h in hits],
+                    detail={"cubes": len(cubes), "top_k": top_k})
+        shown = self._access.present([h.item for h in hits])
+        return [h if h.item is i else dataclasses.replace(h, item=i)
+                for h, i in zip(hits, shown, strict=True)]
 
     @staticmethod
     def _filter(
@@ -401,16 +446,26 @@ class MemOS:
             )
         if not changes:
             raise ValidationError("nothing to update")
-        return self._rewrite(item_id, "update", lambda _cur: changes, expected_version)
+        if "owner" in changes or "visibility" in changes:
+            need = "share"
+        elif changes.get("state") == MemoryState.DELETED:
+            need = "delete"
+        else:
+            need = "write"
+        return self._rewrite(item_id, "update", lambda _cur: changes, expected_version,
+                             need=need)
 
     def delete(self, item_id: str) -> MemoryItem:
         """Soft delete: a new version in state `deleted`, restorable by rollback."""
-        return self._rewrite(item_id, "delete", lambda _cur: {"state": MemoryState.DELETED})
+        return self._rewrite(item_id, "delete", lambda _cur: {"state": MemoryState.DELETED},
+                             need="delete")
 
     def rollback(self, item_id: str, version: int) -> MemoryItem:
         """Make an old version current again, as a new version (history keeps both)."""
         version = _int_arg("version", version, 1, None)
-        records = {r.item.version: r.item for r in self.history(item_id)}
+        current = self._access.visible_item(_text_arg("id", item_id), "rollback")
+        self._access.require_item(current, "write", "rollback")
+        records = {r.item.version: r.item for r in self.vault.history(current.id)}
         if version not in records:
             raise NotFoundError(f"memory {item_id} has no version {version}")
         return self._rewrite(item_id, "rollback", lambda _cur: _content(records[version]))
@@ -419,16 +474,31 @@ class MemOS:
         """Erase for good (e.g. an erasure request): no version, index entry or vector is
         left. Cannot be undone."""
         ids = [item_ids] if isinstance(item_ids, str) else list(_seq_arg("ids", item_ids))
-        ids = [_text_arg("id", i) for i in ids]
-        missing = set(ids) - set(self.vault.get_many(ids))
-        if missing:
-            raise NotFoundError(f"no memory {sorted(missing)[0]!r}")
-        return self.vault.purge(ids)
+        ids = list(dict.fromkeys(_text_arg("id", i) for i in ids))
+        found = [self._access.visible_item(i, "purge") for i in ids]
+        for item in found:
+            self._access.require_item(item, "delete", "purge")
+        versions = {i.id: len(self.vault.history(i.id)) for i in found}
+        erased = self.vault.purge(ids)
+        self.vault.governance.forget_items(ids)
+        # Proof of deletion: who erased which ids at which version, and nothing else.
+        for item in found:
+            self._audit("purge", cube_id=item.cube_id, items=[(item.id, item.version)],
+                        detail={"versions_erased": versions[item.id]})
+        return erased
 
-    def feedback(self, item_id: str, delta: float) -> None:
-        if not isinstance(delta, int | float):
-            raise ValidationError("feedback must be a number")
-        self.vault.add_feedback(_text_arg("id", item_id), float(delta))
+    def feedback(
+        self,
+        item_id: str,
+        kind: float | str,
+        note: str | None = None,
+        *,
+        correction: str | None = None,
+    ) -> MemoryItem | None:
+        """Feedback on a memory: a number (added to its feedback score, as before), or
+        `useful`, `wrong`, `outdated` with an optional note; `correction` (with wrong or
+        outdated) writes the corrected text as a new version. See operation/lifecycle."""
+        return self.lifecycle.feedback(item_id, kind, note, correction=correction)
 
     def _rewrite(
         self,
@@ -436,11 +506,15 @@ class MemOS:
         op: str,
         change: Callable[[MemoryItem], dict[str, Any]],
         expected_version: int | None = None,
+        *,
+        need: str = "write",
     ) -> MemoryItem:
         embedded: dict[str, np.ndarray] = {}  # a lost race retries without re-embedding
+        item_id = _text_arg("id", item_id)
         for attempt in range(_RETRIES):
-            current = self.get(item_id)
-            self.get_cube(current.cube_id)
+            current = self._access.visible_item(item_id, op)
+            self._access.require_item(current, need, op)
+            self._embedder_checked(self.vault.get_cube(current.cube_id))
             if expected_version is not None and current.version != expected_version:
                 raise ConflictError(
                     f"memory {item_id} is at version {current.version}, "
@@ -448,11 +522,14 @@ class MemOS:
                 )
             write = self._next_version(current, change(current), op, embedded)
             try:
-                return self.vault.commit(current.cube_id, [write])[0]
+                [stored] = self.vault.commit(current.cube_id, [write])
             except ConflictError:
                 if expected_version is not None:
                     raise
                 _backoff(attempt)
+                continue
+            self._audit(op, items=[stored])
+            return self._access.present([stored])[0]
         raise ConflictError(f"memory {item_id} kept changing; gave up after {_RETRIES} tries")
 
     def _next_version(
@@ -467,6 +544,7 @@ class MemOS:
         item = validated(MemoryItem, **fields)
         vector = None
         if item.text != current.text:
+            [item] = label_sensitive(self, current.cube_id, [item])
             embedded = {} if embedded is None else embedded
             if item.text not in embedded:
                 embedded[item.text] = self.embedder.embed([item.text])[0]
@@ -475,16 +553,21 @@ class MemOS:
 
     # --- cube versions ---------------------------------------------------------------
     def snapshot(self, cube: str, label: str = "") -> Snapshot:
-        return self.vault.create_snapshot(self.vault.get_cube(_text_arg("cube", cube)).id,
-                                          label)
+        found = self.vault.get_cube(_text_arg("cube", cube))
+        self._access.require_cube(found, "write", op="snapshot", name=cube)
+        snap = self.vault.create_snapshot(found.id, label)
+        self._audit("snapshot", cube_id=found.id, detail={"clock": snap.clock})
+        return snap
 
     def snapshots(self, cube: str) -> list[Snapshot]:
-        return self.vault.list_snapshots(self.vault.get_cube(_text_arg("cube", cube)).id)
+        found = self.vault.get_cube(_text_arg("cube", cube))
+        self._access.require_cube(found, "read", op="snapshots", name=cube)
+        return self.vault.list_snapshots(found.id)
 
     def rollback_cube(self, cube: str, snapshot: Snapshot | int) -> list[MemoryItem]:
         """Return every memory of the cube to its state at the snapshot, as new versions
         (so this rollback can itself be rolled back). Purged memories stay purged."""
-        found = self.get_cube(cube)
+        found = self.get_cube(cube, need="write")
         if isinstance(snapshot, Snapshot):
             if snapshot.cube_id != found.id:
                 raise ValidationError("that snapshot belongs to another cube")
@@ -507,24 +590,35 @@ class MemOS:
                     self._next_version(change.current, target, "rollback_cube", embedded)
                 )
             try:
-                return self.vault.commit(found.id, writes)
+                stored = self.vault.commit(found.id, writes)
             except ConflictError:
                 _backoff(attempt)
+                continue
+            self._audit("rollback_cube", cube_id=found.id, items=stored,
+                        detail={"clock": clock})
+            return self._access.present(stored)
         raise ConflictError(f"cube {found.name} kept changing; gave up after {_RETRIES} tries")
 
     # --- statistics ------------------------------------------------------------------
     def stats(self, cube: str | None = None) -> dict[str, Any]:
-        cubes = [self.vault.get_cube(cube)] if cube else self.vault.list_cubes()
+        if cube:
+            found = self.vault.get_cube(_text_arg("cube", cube))
+            self._access.require_cube(found, "read", op="stats", name=cube)
+            cubes = [found]
+        else:
+            cubes = self.list_cubes()
         out: dict[str, Any] = {"cubes": []}
+        restrict = self._access.restrict  # others' private memories are not counted
         for c in cubes:
             by_state = {
-                s.value: self.vault.count(ItemFilter(cube_ids=(c.id,), states=(s,)))
+                s.value: self.vault.count(restrict(ItemFilter(cube_ids=(c.id,), states=(s,))))
                 for s in MemoryState
             }
             by_type = {
                 t.value: n
                 for t in MemoryType
-                if (n := self.vault.count(ItemFilter(cube_ids=(c.id,), memory_types=(t,))))
+                if (n := self.vault.count(restrict(ItemFilter(cube_ids=(c.id,),
+                                                              memory_types=(t,)))))
             }
             out["cubes"].append({
                 "id": c.id, "name": c.name, "owner": c.owner, "clock": c.clock,
@@ -532,6 +626,27 @@ class MemOS:
                 "items": sum(by_state.values()), "by_state": by_state, "by_type": by_type,
             })
         return out
+
+
+def label_sensitive(mos: MemOS, cube_id: str, items: list[MemoryItem]) -> list[MemoryItem]:
+    """Label detected sensitive data in `sensitivity`; refuse it where the cube's policy
+    is `reject` (memosys.infra.pii, access.py)."""
+    from memosys.infra.pii import labels
+
+    out: list[MemoryItem] = []
+    policy: str | None = None
+    for item in items:
+        found = labels(item.text)
+        if found:
+            policy = policy or mos._access.pii_policy(cube_id)
+            if policy == "reject":
+                raise SensitiveDataError(
+                    f"cube policy rejects sensitive data; the text contains {found}")
+            merged = sorted(set(item.sensitivity) | set(found))
+            if merged != item.sensitivity:
+                item = item.model_copy(update={"sensitivity": merged})
+        out.append(item)
+    return out
 
 
 def _backoff(attempt: int) -> None:

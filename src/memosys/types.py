@@ -64,6 +64,8 @@ class Visibility(StrEnum):
 
 class MemoryState(StrEnum):
     ACTIVE = "active"
+    FROZEN = "frozen"
+    """Kept as is, not retrieved by default, exempt from decay (lifecycle)."""
     ARCHIVED = "archived"
     SUPERSEDED = "superseded"
     INVALIDATED = "invalidated"

@@ -20,6 +20,7 @@ from rich.table import Table
 from memosys.errors import MemosysError, ValidationError
 from memosys.interface.cli_db import db_app
 from memosys.interface.cli_exchange import register as register_exchange
+from memosys.interface.cli_serve import register as register_serve
 from memosys.system import MemOS, SearchFilters
 from memosys.types import MemoryItem
 
@@ -35,6 +36,7 @@ bench_app = typer.Typer(help="Reproducible benchmarks that print tables.", no_ar
 app.add_typer(bench_app, name="bench")
 app.add_typer(db_app, name="db")
 register_exchange(app)
+register_serve(app, bench_app)
 
 out = Console()
 err = Console(stderr=True)

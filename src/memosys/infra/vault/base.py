@@ -8,15 +8,19 @@ is expressed once in the runtime and stays correct under concurrent writers.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from memosys.types import CubeConfig, MemCube, MemoryItem, MemoryState, MemoryType, Stats
+
+if TYPE_CHECKING:
+    from memosys.infra.governance import GovernanceStore
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,10 @@ class ItemFilter:
     """Event time (valid_from, else created_at) within [since, until]."""
     valid_at: datetime | None = None
     """Only memories whose validity interval contains this instant."""
+    viewer: str | None = None
+    """Governance: leave out `private` memories not owned by this user (None: no check)."""
+    public_only_cubes: tuple[str, ...] = ()
+    """Governance: cubes (among `cube_ids`) from which only `public` memories may come."""
 
 
 @dataclass
@@ -235,5 +243,28 @@ class Vault(ABC):
     def get_job(self, job_id: str) -> Job:
         """NotFoundError if absent."""
 
+    def count_jobs(self) -> dict[str, int]:
+        """Jobs per state (queued, running, done, failed): the queue depth for metrics."""
+        raise NotImplementedError
+
     @abstractmethod
     def close(self) -> None: ...
+
+    # --- governance --------------------------------------------------------------------
+    @property
+    def governance(self) -> GovernanceStore:
+        """Users, keys, ACLs, audit log, policies and reviews, in this vault's database
+        (see `memosys.infra.governance`); opened on first use."""
+        store = self.__dict__.get("_governance_store")
+        if store is None:
+            from memosys.infra.vault.governance_backends import open_governance
+
+            with _GOVERNANCE_LOCK:
+                store = self.__dict__.get("_governance_store")
+                if store is None:
+                    store = open_governance(self)
+                    self.__dict__["_governance_store"] = store
+        return store
+
+
+_GOVERNANCE_LOCK = threading.Lock()

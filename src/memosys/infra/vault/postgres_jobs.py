@@ -12,7 +12,7 @@ import psycopg
 from psycopg import sql
 
 from memosys.errors import NotFoundError
-from memosys.infra.vault.base import Job
+from memosys.infra.vault.base import JOB_STATES, Job
 from memosys.infra.vault.postgres_search import _clean, _utc
 from memosys.types import new_id
 
@@ -85,6 +85,10 @@ class JobsMixin:
         if not rows:
             raise NotFoundError(f"no job {job_id!r}")
         return _job(rows[0])
+
+    def count_jobs(self) -> dict[str, int]:
+        rows = self._read("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+        return {state: 0 for state in JOB_STATES} | {s: int(n) for s, n in rows}
 
 
 def _job(row: Sequence[Any]) -> Job:

@@ -78,6 +78,12 @@ def where_clause(flt: ItemFilter, alias: str = "i") -> tuple[str, list[Any]]:
     if flt.valid_at is not None:
         add(f"{alias}.event_time <= %s AND ({alias}.valid_to IS NULL "
             f"OR {alias}.valid_to > %s)", flt.valid_at, flt.valid_at)
+    if flt.viewer is not None:  # governance: private memories only for their owner
+        add(f"(({alias}.doc::json ->> 'visibility') <> 'private' OR {alias}.owner = %s)",
+            _clean(flt.viewer))
+    if flt.public_only_cubes:
+        add(f"(NOT ({alias}.cube_id = ANY(%s)) OR ({alias}.doc::json ->> 'visibility') = "
+            "'public')", [_clean(c) for c in flt.public_only_cubes])
     return (" AND ".join(clauses) or "TRUE"), params
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from memosys.errors import ConflictError, NotFoundError, StorageError, ValidationError
 from memosys.infra.vault.base import (
+    JOB_STATES,
     Change,
     ItemFilter,
     Job,
@@ -518,6 +519,14 @@ class SQLiteVault(SQLiteImportMixin, Vault):
                 f"{alias}.event_time <= ? AND ({alias}.valid_to IS NULL OR {alias}.valid_to > ?)"
             )
             params.extend([at, at])
+        if flt.viewer is not None:  # governance: private memories only for their owner
+            clauses.append(f"(json_extract({alias}.doc, '$.visibility') != 'private' "
+                           f"OR {alias}.owner = ?)")
+            params.append(flt.viewer)
+        if flt.public_only_cubes:
+            clauses.append(f"({alias}.cube_id NOT IN ({','.join('?' * len(flt.public_only_cubes))})"
+                           f" OR json_extract({alias}.doc, '$.visibility') = 'public')")
+            params.extend(flt.public_only_cubes)
         return (" AND ".join(clauses) or "1"), params
 
     def list_items(self, flt: ItemFilter, limit: int = 100, offset: int = 0) -> list[MemoryItem]:
@@ -766,6 +775,10 @@ class SQLiteVault(SQLiteImportMixin, Vault):
         if row is None:
             raise NotFoundError(f"no job {job_id!r}")
         return _job(row)
+
+    def count_jobs(self) -> dict[str, int]:
+        rows = self._conn().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+        return {state: 0 for state in JOB_STATES} | dict(rows.fetchall())
 
     # --- snapshots -------------------------------------------------------------------
     def create_snapshot(self, cube_id: str, label: str = "") -> Snapshot:

@@ -1,0 +1,273 @@
+"""`memosys.Client`: the Memory API over HTTP, with the same methods, arguments, return
+types and typed errors as the embedded `memosys.MemOS`, so the same code runs embedded or
+against `memosys serve`:
+
+    mem = MemOS.open()                                      # embedded
+    mem = Client("http://127.0.0.1:8000", api_key="...")   # remote
+    mem.create_cube("alice")
+    mem.add("alice", "Alice prefers tea")
+    hits = mem.search("what does Alice drink?", "alice")
+
+Differences, by necessity: `progress` callbacks are not supported (the server does the
+work); `purge` of several ids is one request per id (each atomic, not all together).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, is_dataclass
+from datetime import datetime
+from typing import Any
+
+import httpx
+from pydantic_core import to_jsonable_python
+
+from memosys import errors
+from memosys.infra.vault.base import Job, VersionRecord
+from memosys.operation.retrieval import SearchHit
+from memosys.types import MemCube, MemoryItem, MemoryType, Visibility
+
+_ERRORS: dict[str, type[errors.MemosysError]] = {
+    "invalid_input": errors.ValidationError,
+    "payload_too_large": errors.ValidationError,
+    "not_found": errors.NotFoundError,
+    "conflict": errors.ConflictError,
+    "embedder_mismatch": errors.EmbedderMismatchError,
+    "storage_error": errors.StorageError,
+    "embedder_error": errors.EmbedderError,
+    "llm_error": errors.LLMError,
+}
+
+
+class RemoteError(errors.MemosysError):
+    """A server error without a more specific memosys type (e.g. 401, 5xx)."""
+
+    def __init__(self, code: str, message: str, status: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+class AddedItems(list[MemoryItem]):
+    """What `add` returns: the stored items, plus `.job` (an extraction queued with
+    `infer=True, wait=False`) and `.extraction` (its summary, when waited for)."""
+
+    def __init__(self, items: Sequence[MemoryItem], job: Job | None,
+                 extraction: dict[str, Any] | None) -> None:
+        super().__init__(items)
+        self.job = job
+        self.extraction = extraction
+
+
+def _job(data: dict[str, Any]) -> Job:
+    return Job(id=data["id"], kind=data["kind"], cube_id=data["cube_id"],
+               payload=data["payload"], state=data["state"], attempts=data["attempts"],
+               created_at=datetime.fromisoformat(data["created_at"]),
+               updated_at=datetime.fromisoformat(data["updated_at"]),
+               result=data["result"], error=data["error"])
+
+
+def _filters(filters: Any) -> dict[str, Any] | None:
+    if filters is None:
+        return None
+    raw = asdict(filters) if is_dataclass(filters) else dict(filters)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in raw.items()}
+
+
+class Client:
+    """HTTP client of the REST service (thread-safe: one connection pool per client)."""
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", api_key: str | None = None,
+                 *, timeout: float = 120.0, transport: httpx.BaseTransport | None = None
+                 ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers,
+                                  timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- transport -------------------------------------------------------------------
+    def _call(self, method: str, path: str, *, json: Any = None,
+              params: dict[str, Any] | None = None) -> Any:
+        body = to_jsonable_python(json) if json is not None else None
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        try:
+            resp = self._http.request(method, f"/api/v1{path}", json=body,
+                                      params=to_jsonable_python(query))
+        except httpx.HTTPError as exc:
+            raise errors.StorageError(f"memosys server unreachable: {exc}") from None
+        if resp.is_success:
+            return resp.json()
+        try:
+            err = resp.json()["error"]
+            code, message = str(err["code"]), str(err["message"])
+        except (ValueError, KeyError, TypeError):
+            code, message = "error", f"HTTP {resp.status_code}: {resp.text[:500]}"
+        cls = _ERRORS.get(code)
+        if cls is not None:
+            raise cls(message)
+        raise RemoteError(code, message, resp.status_code)
+
+    def _pages(self, path: str, params: dict[str, Any] | None = None) -> list[Any]:
+        out: list[Any] = []
+        offset: int | None = 0
+        while offset is not None:
+            page = self._call("GET", path, params={**(params or {}), "limit": 1000,
+                                                   "offset": offset})
+            out.extend(page["items"])
+            offset = page["next_offset"]
+        return out
+
+    # --- cubes -----------------------------------------------------------------------
+    def create_cube(self, name: str, *, owner: str | None = None,
+                    description: str = "") -> MemCube:
+        return MemCube.model_validate(self._call(
+            "POST", "/cubes", json={"name": name, "owner": owner, "description": description}))
+
+    def get_cube(self, cube: str) -> MemCube:
+        return MemCube.model_validate(self._call("GET", f"/cubes/{_seg(cube)}"))
+
+    def ensure_cube(self, name: str, *, owner: str | None = None) -> MemCube:
+        try:
+            return self.get_cube(name)
+        except errors.NotFoundError:
+            try:
+                return self.create_cube(name, owner=owner)
+            except errors.ConflictError:
+                return self.get_cube(name)
+
+    def list_cubes(self) -> list[MemCube]:
+        return [MemCube.model_validate(c) for c in self._pages("/cubes")]
+
+    def stats(self, cube: str | None = None) -> dict[str, Any]:
+        names = [cube] if cube else [c.id for c in self.list_cubes()]
+        return {"cubes": [self._call("GET", f"/cubes/{_seg(n)}/stats") for n in names]}
+
+    # --- adding ----------------------------------------------------------------------
+    def add(
+        self,
+        cube: str,
+        text: str | None = None,
+        *,
+        messages: Sequence[Any] | None = None,
+        memory_type: str | MemoryType | None = None,
+        tags: Sequence[str] = (),
+        user: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
+        document_uri: str | None = None,
+        valid_from: datetime | None = None,
+        valid_to: datetime | None = None,
+        owner: str | None = None,
+        visibility: str | Visibility = Visibility.CUBE,
+        metadata: dict[str, Any] | None = None,
+        infer: bool = False,
+        wait: bool = True,
+    ) -> AddedItems:
+        msgs = None
+        if messages is not None:
+            msgs = [m.model_dump(exclude_none=True) if hasattr(m, "model_dump") else m
+                    for m in messages]
+        body = {"text": text, "messages": msgs, "memory_type": memory_type,
+                "tags": list(tags), "user": user, "agent": agent, "session": session,
+                "document_uri": document_uri, "valid_from": valid_from,
+                "valid_to": valid_to, "owner": owner, "visibility": visibility,
+                "metadata": metadata or {}, "infer": infer, "wait": wait}
+        return self._added(self._call("POST", f"/cubes/{_seg(cube)}/memories",
+                                      json={k: v for k, v in body.items() if v is not None}))
+
+    def add_document(self, cube: str, document: str, *, uri: str, title: str | None = None,
+                     max_chunk_chars: int | None = None, user: str | None = None,
+                     session: str | None = None, tags: Sequence[str] = (),
+                     infer: bool = False, wait: bool = True) -> AddedItems:
+        """Like `MemOS.reader.add_document`: a document stored as chunks."""
+        doc = {"content": document, "uri": uri, "title": title,
+               "max_chunk_chars": max_chunk_chars}
+        body = {"document": {k: v for k, v in doc.items() if v is not None}, "user": user,
+                "session": session, "tags": list(tags), "infer": infer, "wait": wait}
+        return self._added(self._call("POST", f"/cubes/{_seg(cube)}/memories",
+                                      json={k: v for k, v in body.items() if v is not None}))
+
+    @staticmethod
+    def _added(data: dict[str, Any]) -> AddedItems:
+        return AddedItems([MemoryItem.model_validate(i) for i in data["items"]],
+                          _job(data["job"]) if data.get("job") else None,
+                          data.get("extraction"))
+
+    def job(self, job_id: str) -> Job:
+        return _job(self._call("GET", f"/jobs/{_seg(job_id)}"))
+
+    # --- reading ---------------------------------------------------------------------
+    def get(self, item_id: str) -> MemoryItem:
+        return MemoryItem.model_validate(self._call("GET", f"/memories/{_seg(item_id)}"))
+
+    def history(self, item_id: str) -> list[VersionRecord]:
+        return [
+            VersionRecord(item=MemoryItem.model_validate(r["item"]), clock=r["clock"],
+                          op=r["op"], at=datetime.fromisoformat(r["at"]))
+            for r in self._pages(f"/memories/{_seg(item_id)}/history")
+        ]
+
+    def list(self, cube: str, filters: Any = None, *, limit: int = 100,
+             offset: int = 0) -> list[MemoryItem]:
+        f = _filters(filters) or {}
+        params = {"limit": limit, "offset": offset, "memory_type": f.get("memory_types"),
+                  "state": f.get("states"), "tag": f.get("tags"), "user": f.get("user"),
+                  "agent": f.get("agent"), "session": f.get("session"),
+                  "since": f.get("since"), "until": f.get("until"),
+                  "valid_at": f.get("valid_at")}
+        if params["state"] == []:  # [] means every state, as in MemOS.list
+            params["state"] = ["active", "archived", "superseded", "invalidated", "deleted"]
+        page = self._call("GET", f"/cubes/{_seg(cube)}/memories", params=params)
+        return [MemoryItem.model_validate(i) for i in page["items"]]
+
+    def search(self, query: str, cube_ids: Sequence[str] | str | None = None,
+               top_k: int = 10, filters: Any = None) -> list[SearchHit]:
+        if isinstance(cube_ids, str):
+            cube_ids = [cube_ids]
+        body = {"query": query, "cube_ids": list(cube_ids) if cube_ids else None,
+                "top_k": top_k, "filters": _filters(filters)}
+        data = self._call("POST", "/search", json={k: v for k, v in body.items()
+                                                    if v is not None})
+        return [SearchHit(item=MemoryItem.model_validate(h["item"]), score=h["score"],
+                          ranks=h["ranks"], scores=h["scores"]) for h in data["hits"]]
+
+    # --- changing --------------------------------------------------------------------
+    def update(self, item_id: str, *, expected_version: int | None = None,
+               **changes: Any) -> MemoryItem:
+        body = dict(changes)
+        if expected_version is not None:
+            body["expected_version"] = expected_version
+        return MemoryItem.model_validate(
+            self._call("PATCH", f"/memories/{_seg(item_id)}", json=body))
+
+    def delete(self, item_id: str) -> MemoryItem:
+        return MemoryItem.model_validate(self._call("DELETE", f"/memories/{_seg(item_id)}"))
+
+    def rollback(self, item_id: str, version: int) -> MemoryItem:
+        return MemoryItem.model_validate(self._call(
+            "POST", f"/memories/{_seg(item_id)}/rollback", json={"version": version}))
+
+    def purge(self, item_ids: Sequence[str] | str) -> int:
+        ids = [item_ids] if isinstance(item_ids, str) else list(item_ids)
+        return sum(int(self._call("POST", f"/memories/{_seg(i)}/purge")["purged"])
+                   for i in ids)
+
+    def feedback(self, item_id: str, delta: float) -> None:
+        self._call("POST", "/feedback", json={"item_id": item_id, "delta": delta})
+
+
+def _seg(value: str) -> str:
+    """One URL path segment (so an id or name can never change the route)."""
+    if not isinstance(value, str) or not value.strip():
+        raise errors.ValidationError(f"expected a non-empty string, got {value!r}")
+    from urllib.parse import quote
+
+    return quote(value, safe="")
