@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from memosys.errors import ValidationError
+from memosys.errors import PermissionDeniedError, ValidationError
 from memosys.infra.exchange_archive import FORMAT, FORMAT_VERSION, ArchiveWriter
 from memosys.infra.exchange_signing import key_id, sign_manifest
+from memosys.infra.pii import redact_item
 from memosys.infra.vault.base import ItemFilter, VersionRecord
 from memosys.types import MemCube, MemoryItem
 
@@ -89,21 +90,29 @@ def export_cube(
     include_embeddings: bool = True,
     since: int = 0,
     until: int | None = None,
-    redactor: Redactor | None = None,
-    redaction_policy: str | None = None,
+    redact: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> ExportReport:
-    """Write `cube` to `path`. `since` > 0 makes a delta holding only versions written
-    after that clock (plus the list of ids still alive, so purges travel too)."""
+    """Write `cube` to `path`, as the runtime's actor sees it: it needs read access, and
+    memories it may not see (others' private ones) stay out. `since` > 0 makes a delta
+    holding only versions written after that clock (plus the ids still alive, so purges
+    travel too). `redact` (default): every memory labelled sensitive leaves with those
+    spans redacted; `redact=False` needs the `sensitive` scope and still redacts where the
+    cube's policy is `redact`."""
     found = mos.vault.get_cube(cube)
+    mos._access.require_cube(found, "read", op="export", name=cube)
+    if not redact and not mos.actor.allows("sensitive"):
+        raise PermissionDeniedError(
+            f"{mos.actor.user_id} may not export sensitive data unredacted "
+            "(needs the 'sensitive' scope)")
     until = found.clock if until is None else until
     if not 0 <= since <= until <= found.clock:
         raise ValidationError(f"need 0 <= since <= until <= {found.clock} (the cube's clock); "
                               f"got since={since}, until={until}")
     exported, live = _collect(mos, found, since, until, progress)
-    redacted = 0
-    if redactor is not None:
-        exported, redacted = _redact(exported, redactor)
+    redactor: Redactor = redact_item if redact else _policy_redactor(mos)
+    exported, redacted = _redact(exported, redactor)
+    policy = "all-sensitive" if redact else f"cube:{mos._access.pii_policy(found.id)}"
     messages: list[str] = []
     vectors = _vectors(mos, found, exported, messages) if include_embeddings else None
     writer = ArchiveWriter(path)
@@ -134,7 +143,7 @@ def export_cube(
                 "activation": 0,
                 "parametric": 0,
             },
-            "redaction": {"applied": redactor is not None, "policy": redaction_policy,
+            "redaction": {"applied": redacted > 0, "policy": policy,
                           "redacted_memories": redacted},
             "live_ids": LIVE_IDS if since > 0 else None,
             "files": writer.files,
@@ -145,6 +154,9 @@ def export_cube(
     except BaseException:
         writer.abort()
         raise
+    mos.record_audit("export", cube_id=found.id, detail={
+        "memories": len(exported), "since": since, "until": until, "redacted": redacted,
+        "signed_by": manifest.get("signature", {}).get("key_id")})
     return ExportReport(
         path=out, cube=found.name, memories=len(exported),
         versions=manifest["counts"]["versions"], embeddings=manifest["counts"]["embeddings"],
@@ -167,10 +179,13 @@ def _collect(
     out: list[_Exported] = []
     live: list[str] = []
     seen: set[str] = set()
+    access = mos._access
     for n, item in enumerate(current, start=1):
         if item.id in seen:  # a page boundary shifted by a concurrent insert
             continue
         seen.add(item.id)
+        if not access.can_see(item, cube):
+            continue  # e.g. another user's private memory
         history = [r for r in vault.history(item.id) if r.clock <= until]
         if not history:
             continue  # created after `until`, or purged meanwhile
@@ -182,6 +197,10 @@ def _collect(
         if progress:
             progress(n, len(current))
     return out, live
+
+
+def _policy_redactor(mos: MemOS) -> Redactor:
+    return lambda item: mos.redact_for_export([item])[0]
 
 
 def _redact(exported: list[_Exported], redactor: Redactor) -> tuple[list[_Exported], int]:

@@ -266,7 +266,9 @@ def import_archive(
             report.memories_unchanged = len(parsed.memories)
             report.messages.append(f"cube {target_name!r} exists; left unchanged (skip)")
             return report
-        cube = mos.get_cube(existing.id)  # the target's embedder must be the cube's
+        cube = mos.get_cube(existing.id, need="write")  # and the target's embedder
+        if on_conflict == "replace":
+            mos._access.require_cube(cube, "delete", op="import", name=target_name)
         report.action = "merged" if on_conflict == "merge" else "replaced"
     else:
         from memosys.types import validated
@@ -280,11 +282,13 @@ def import_archive(
                 raise ConflictError(
                     f"cube id {header.id} is already used here (by cube {taken.name!r}); "
                     "import without --keep-ids, or into that cube with --as")
+        access = mos._access
+        owner = access.check_create_cube(header.owner if access.unrestricted else None)
         cube = new_cube = validated(
             MemCube,
             id=header.id if keep_ids else new_id(),
             name=target_name,
-            owner=header.owner,
+            owner=owner,
             description=header.description,
             created_at=header.created_at,
             config=CubeConfig(embedder_id=mos.embedder.id, embedding_dim=mos.embedder.dim,
@@ -297,6 +301,10 @@ def import_archive(
     _embed(mos, entries, to_embed, progress, report, parsed)
     _drop_unsupported(parsed, report)
     report.clock = mos.vault.import_versions(cube.id, entries, wipe=wipe, new_cube=new_cube)
+    mos.record_audit("import", cube_id=cube.id, detail={
+        "action": report.action, "added": report.memories_added,
+        "updated": report.memories_updated, "versions": report.versions_added,
+        "signed_by": report.signed_by})
     if prune and parsed.live_ids is not None and report.action == "merged":
         report.pruned = _prune(mos, parsed, cube, keep_ids)
     return report
@@ -327,7 +335,8 @@ def _plan(
     to_embed: list[tuple[int, int]] = []
     for row, memory in enumerate(parsed.memories):
         target_id = idmap[memory.id]
-        history = [_moved(r, cube.id, idmap) for r in parsed.records[memory.id]]
+        history = _labelled(mos, cube.id, [_moved(r, cube.id, idmap)
+                                           for r in parsed.records[memory.id]])
         current = held.get(target_id)
         if current is None:
             expected = None
@@ -356,6 +365,14 @@ def _plan(
         entries.append(ImportedItem(history, vector, stats, expected))
         report.versions_added += len(history)
     return entries, to_embed
+
+
+def _labelled(mos: MemOS, cube_id: str, records: list[VersionRecord]) -> list[VersionRecord]:
+    """Sensitive data is labelled (or refused, per the target cube's policy) as on `add`."""
+    from memosys.system import label_sensitive
+
+    items = label_sensitive(mos, cube_id, [r.item for r in records])
+    return [VersionRecord(i, r.clock, r.op, r.at) for i, r in zip(items, records, strict=True)]
 
 
 def _moved(record: VersionRecord, cube_id: str, idmap: dict[str, str]) -> VersionRecord:
