@@ -101,16 +101,12 @@ def export_cube(
     cube's policy is `redact`."""
     found = mos.vault.get_cube(cube)
     mos._access.require_cube(found, "read", op="export", name=cube)
-    if not redact and not mos.actor.allows("sensitive"):
-        raise PermissionDeniedError(
-            f"{mos.actor.user_id} may not export sensitive data unredacted "
-            "(needs the 'sensitive' scope)")
+    redactor = redactor_for(mos, redact)
     until = found.clock if until is None else until
     if not 0 <= since <= until <= found.clock:
         raise ValidationError(f"need 0 <= since <= until <= {found.clock} (the cube's clock); "
                               f"got since={since}, until={until}")
     exported, live = _collect(mos, found, since, until, progress)
-    redactor: Redactor = redact_item if redact else _policy_redactor(mos)
     exported, redacted = _redact(exported, redactor)
     policy = "all-sensitive" if redact else f"cube:{mos._access.pii_policy(found.id)}"
     messages: list[str] = []
@@ -199,7 +195,15 @@ def _collect(
     return out, live
 
 
-def _policy_redactor(mos: MemOS) -> Redactor:
+def redactor_for(mos: MemOS, redact: bool) -> Redactor:
+    """`redact`: every memory labelled sensitive is redacted. Otherwise (needs the
+    `sensitive` scope) the cube's policy decides (`MemOS.redact_for_export`)."""
+    if redact:
+        return redact_item
+    if not mos.actor.allows("sensitive"):
+        raise PermissionDeniedError(
+            f"{mos.actor.user_id} may not export sensitive data unredacted "
+            "(needs the 'sensitive' scope)")
     return lambda item: mos.redact_for_export([item])[0]
 
 

@@ -57,6 +57,9 @@ class ImportReport:
     reembedded: int = 0
     pruned: int = 0
     clock: int = 0
+    """The target cube's clock afterwards."""
+    source_clock: int = 0
+    """The archive's `until`: the source clock this import brings the cube up to."""
     signed_by: str | None = None
     messages: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
@@ -253,7 +256,8 @@ def import_archive(
     except NotFoundError:
         existing = None
     report = ImportReport(cube=target_name, cube_id="", action="created",
-                          signed_by=parsed.signed_by)
+                          signed_by=parsed.signed_by,
+                          source_clock=parsed.manifest["range"]["until"])
     new_cube: MemCube | None = None
     if existing is not None:
         if on_conflict is None:

@@ -271,22 +271,28 @@ def export_plain_jsonl(
     path: str | Path,
     *,
     states: tuple[MemoryState, ...] = (MemoryState.ACTIVE,),
-    redactor: Callable[[MemoryItem], MemoryItem] | None = None,
+    redact: bool = True,
 ) -> int:
-    """One readable JSON object per memory (oldest first); returns how many."""
+    """One readable JSON object per memory (oldest first), with the same access checks
+    and redaction as `export_cube`; returns how many."""
+    from memosys.infra.exchange_export import redactor_for
+
     found = mos.vault.get_cube(cube)
-    flt = ItemFilter(cube_ids=(found.id,), states=states)
+    mos._access.require_cube(found, "read", op="export", name=cube)
+    redactor = redactor_for(mos, redact)
+    flt = mos._access.restrict(ItemFilter(cube_ids=(found.id,), states=states))
     items: list[MemoryItem] = []
     while batch := mos.vault.list_items(flt, limit=1000, offset=len(items)):
         items.extend(batch)
     items.sort(key=lambda i: (i.created_at, i.id))
+    mos.record_audit("export", cube_id=found.id, detail={"memories": len(items),
+                                                         "format": "jsonl"})
     target = Path(path).expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.part")
     with tmp.open("w", encoding="utf-8") as fh:
         for item in items:
-            if redactor is not None:
-                item = redactor(item)
+            item = redactor(item)
             fh.write(json.dumps(plain_row(item), ensure_ascii=False) + "\n")
     tmp.replace(target)
     return len(items)

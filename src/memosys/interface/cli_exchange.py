@@ -86,6 +86,9 @@ def export_cmd(
     since: Annotated[int, typer.Option(help="Only versions after this clock (a delta).")] = 0,
     until: Annotated[int | None, typer.Option(help="The cube as of this clock "
                                               "(default: now).")] = None,
+    redact: Annotated[bool, typer.Option("--redact/--no-redact", help="Redact sensitive "
+                                         "data (default); --no-redact needs the "
+                                         "'sensitive' scope.")] = True,
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -96,7 +99,7 @@ def export_cmd(
     with _guarded(home) as mos:
         assert mos is not None
         if fmt == "jsonl":
-            n = export_plain_jsonl(mos, cube, file)
+            n = export_plain_jsonl(mos, cube, file, redact=redact)
             _emit(as_json, {"path": str(file), "memories": n},
                   [f"wrote {n} memories to {file}"])
             return
@@ -106,7 +109,7 @@ def export_cmd(
         with _bar("exporting") as progress:
             report = export_cube(mos, cube, file, signing_key=key,
                                  include_embeddings=embeddings, since=since, until=until,
-                                 progress=progress)
+                                 redact=redact, progress=progress)
         lines = [f"wrote {report.path}: {report.memories} memories, {report.versions} "
                  f"versions, {report.embeddings} embeddings (clock {report.since}.."
                  f"{report.until})"]
