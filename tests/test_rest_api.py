@@ -295,9 +295,9 @@ def test_unknown_routes_and_methods_are_json_errors(http: httpx.Client) -> None:
 def test_open_server_refuses_non_loopback_and_keys(runtime: MemOS) -> None:
     from fastapi.testclient import TestClient
 
-    app = create_app(runtime, ServerConfig())
+    app = create_app(runtime, ServerConfig())  # auto: open, as there are no keys
     remote = TestClient(app, client=("203.0.113.9", 5000))
-    _error(remote.get("/api/v1/cubes"), 401, "unauthorized")
+    _error(remote.get("/api/v1/cubes"), 401, "unauthenticated")
     local = TestClient(app, client=("127.0.0.1", 5000))
     assert local.get("/api/v1/cubes").status_code == 200
     # keys are ignored in open mode (OpenAI clients always send one)

@@ -36,11 +36,14 @@ _ERRORS: dict[str, type[errors.MemosysError]] = {
     "storage_error": errors.StorageError,
     "embedder_error": errors.EmbedderError,
     "llm_error": errors.LLMError,
+    "unauthenticated": errors.AuthenticationError,
+    "permission_denied": errors.PermissionDeniedError,
+    "sensitive_data": errors.SensitiveDataError,
 }
 
 
 class RemoteError(errors.MemosysError):
-    """A server error without a more specific memosys type (e.g. 401, 5xx)."""
+    """A server error without a more specific memosys type (e.g. a 5xx)."""
 
     def __init__(self, code: str, message: str, status: int) -> None:
         super().__init__(message)

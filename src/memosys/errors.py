@@ -75,6 +75,25 @@ class SensitiveDataError(ValidationError):
     code = "sensitive_data"
 
 
+class ActivationError(MemosysError):
+    """An activation (KV) cache that cannot be built, loaded or used."""
+
+    code = "activation_error"
+    exit_code = 9
+
+
+class StaleActivationError(ActivationError):
+    """A KV cache whose source memories changed (edited, deleted, purged) since it was built."""
+
+    code = "stale_activation"
+
+
+class ActivationModelMismatchError(ActivationError):
+    """A KV cache built by another model or tokenizer than the one bound now."""
+
+    code = "activation_model_mismatch"
+
+
 class ArchiveError(MemosysError):
     """A cube archive (MIP) that cannot be imported: corrupt, truncated, or not a MIP
     file. Nothing was written to the target."""

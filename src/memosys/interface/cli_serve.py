@@ -32,7 +32,7 @@ def serve(
     """Run the REST service (OpenAPI at /docs, OpenAI-compatible chat at /v1)."""
     import uvicorn
 
-    from memosys.interface.rest_auth import is_loopback
+    from memosys.interface.rest_auth import KeyPresence, is_loopback
     from memosys.interface.server import ServerConfig, create_app
     from memosys.system import MemOS
 
@@ -42,17 +42,18 @@ def serve(
         err.print(f"[red]error[/red] ({exc.code}): {exc}")
         raise typer.Exit(exc.exit_code) from None
     try:
-        open_access = True
-        if open_access and not is_loopback(host):
+        has_keys = KeyPresence(mos)()
+        if not has_keys and not is_loopback(host):
             raise ValidationError(
-                f"refusing to serve {host} without API keys: create a key first, or bind "
-                "127.0.0.1 for local use")
+                f"refusing to serve {host} without API keys: create an API key first, "
+                "or bind 127.0.0.1 for local use")
         if max_body < 1024:
             raise ValidationError("--max-body must be at least 1024 bytes")
-        config = ServerConfig(open_access=open_access, max_body_bytes=max_body,
-                              model_name=model_name)
+        # open_access=None: open while there are no keys, API keys from the first one on
+        config = ServerConfig(open_access=None if is_loopback(host) else False,
+                              max_body_bytes=max_body, model_name=model_name)
         app = create_app(mos, config)
-        mode = "open (loopback only, no API keys configured)" if open_access else "API keys"
+        mode = "API keys" if has_keys else "open (loopback only, no API keys configured)"
         err.print(f"memosys serving on http://{host}:{port} — auth: {mode}; docs at /docs")
         uvicorn.run(app, host=host, port=port, log_level=log_level)
     except MemosysError as exc:

@@ -23,8 +23,7 @@ log = logging.getLogger(__name__)
 
 STATUS_BY_CODE: dict[str, int] = {
     "invalid_input": 400,
-    "unauthorized": 401,
-    "authentication_failed": 401,
+    "unauthenticated": 401,
     "permission_denied": 403,
     "not_found": 404,
     "method_not_allowed": 405,
@@ -37,7 +36,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "storage_error": 503,
 }
 
-_CODE_BY_STATUS = {400: "invalid_input", 401: "unauthorized", 403: "permission_denied",
+_CODE_BY_STATUS = {400: "invalid_input", 401: "unauthenticated", 403: "permission_denied",
                    404: "not_found", 405: "method_not_allowed", 409: "conflict",
                    413: "payload_too_large", 415: "unsupported_media_type",
                    422: "invalid_input"}

@@ -18,8 +18,10 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from memosys.interface.rest_auth import authenticate
+from memosys.errors import PermissionDeniedError
+from memosys.interface.rest_auth import KeyPresence, authenticate, is_open
 from memosys.interface.rest_errors import ERROR_RESPONSES, install_error_handlers
+from memosys.interface.rest_governance import router as governance_router
 from memosys.interface.rest_memories import router as memories_router
 from memosys.interface.rest_metrics import CONTENT_TYPE, ServerMetrics
 from memosys.interface.rest_middleware import BodyLimitMiddleware, MetricsMiddleware
@@ -34,8 +36,9 @@ UI_DIR = Path(__file__).with_name("ui")
 
 @dataclass(frozen=True)
 class ServerConfig:
-    open_access: bool = True
-    """No API keys configured: serve loopback clients only, as the local admin."""
+    open_access: bool | None = None
+    """True: open mode (loopback clients only, as the local admin); False: API keys
+    required; None: open while the installation has no API keys (see rest_auth)."""
     max_body_bytes: int = DEFAULT_MAX_BODY
     model_name: str = "memosys"
     """The model id `/v1/models` lists and `/v1/chat/completions` accepts."""
@@ -61,26 +64,31 @@ def create_app(mos: MemOS, config: ServerConfig | None = None) -> FastAPI:
     )
     app.state.mos = mos
     app.state.config = config
+    app.state.keys_present = KeyPresence(mos)
     metrics = ServerMetrics(mos)
     install_error_handlers(app)
 
     @app.get("/health", response_model=Health, tags=["service"])
-    def health() -> Health:
+    def health(request: Request) -> Health:
         """Liveness plus what the service runs on (no auth needed)."""
         return Health(status="ok", version=_version(), storage=type(mos.vault).__name__,
                       embedder=mos.embedder.id,
-                      auth="open" if config.open_access else "api_key")
+                      auth="open" if is_open(request) else "api_key")
 
     @app.get("/metrics", tags=["service"], response_class=Response,
              responses={200: {"content": {CONTENT_TYPE: {}},
                               "description": "Prometheus text format"}, **ERROR_RESPONSES})
     def prometheus(request: Request) -> Response:
         """Request counts and latency per route, requests in flight, memories per cube and
-        state, background jobs per state. Needs a key when keys are configured."""
-        authenticate(request)
+        state, background jobs per state. Needs an admin key when keys are configured (the
+        series name every tenant's cubes)."""
+        caller = authenticate(request)
+        if not caller.mos.actor.is_admin:
+            raise PermissionDeniedError("metrics need an admin key")
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     app.include_router(memories_router)
+    app.include_router(governance_router)
     from memosys.interface.openai_compat import router as openai_router
 
     app.include_router(openai_router)
