@@ -373,9 +373,7 @@ def _plan(
 
 def _labelled(mos: MemOS, cube_id: str, records: list[VersionRecord]) -> list[VersionRecord]:
     """Sensitive data is labelled (or refused, per the target cube's policy) as on `add`."""
-    from memosys.system import label_sensitive
-
-    items = label_sensitive(mos, cube_id, [r.item for r in records])
+    items = mos._access.label(cube_id, [r.item for r in records])
     return [VersionRecord(i, r.clock, r.op, r.at) for i, r in zip(items, records, strict=True)]
 
 

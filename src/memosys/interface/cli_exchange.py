@@ -42,8 +42,10 @@ TrustOpt = Annotated[
 def _guarded(home: Path | None = None, *, runtime: bool = True) -> Iterator[MemOS | None]:
     try:
         if runtime:
+            from memosys.interface.cli_governance import acting
+
             with MemOS.open(home) as mos:
-                yield mos
+                yield acting(mos)  # $MEMOSYS_API_KEY: act as that key's user
         else:
             yield None
     except MemosysError as exc:
