@@ -1,4 +1,5 @@
-"""`memosys export | import | verify | keygen`: cube archives (MIP) and interop files.
+"""`memosys export | import | verify | keygen | store ...`: cube archives (MIP), interop
+files and MemStore publish/subscribe.
 
 Registered on the main app by `register(app)` (one line in cli.py). Exit codes follow
 memosys.errors: 20 invalid archive, 21 tampered (hash or signature), 22 unsafe (limits,
@@ -214,8 +215,130 @@ def keygen_cmd(
         ])
 
 
+# --- MemStore ------------------------------------------------------------------------------
+store_app = typer.Typer(help="MemStore: publish cubes, subscribe to other installations' "
+                        "publications and pull their updates.", no_args_is_help=True)
+KeyOpt = Annotated[
+    str | None,
+    typer.Option("--api-key", envvar="MEMOSYS_STORE_API_KEY",
+                 help="API key for the remote service (default $MEMOSYS_STORE_API_KEY, "
+                      "else the key saved at subscribe)."),
+]
+
+
+def _publication_lines(pubs: list[dict[str, Any]]) -> list[str]:
+    if not pubs:
+        return ["no publications"]
+    lines = []
+    for p in pubs:
+        mode = "live" if p["until"] is None else f"pinned at {p['until']}"
+        lines.append(f"{p['name']}  clock {p['clock']}  {mode}  by {p['published_by']}  "
+                     f"{p['description']}")
+    return lines
+
+
+@store_app.command("publish")
+def store_publish(
+    cube: Annotated[str, typer.Argument(help="Cube to publish.")],
+    until: Annotated[int | None, typer.Option(help="Publish the cube as of this clock "
+                                              "(a fixed version).")] = None,
+    description: str = "",
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Publish a cube of this installation (served by `memosys serve`)."""
+    from memosys.infra.store import MemStore
+
+    with _guarded(home) as mos:
+        assert mos is not None
+        pub = MemStore(mos).publish(cube, until=until, description=description).as_dict()
+        _emit(as_json, pub, [f"published {pub['name']} (clock {pub['clock']})"])
+
+
+@store_app.command("unpublish")
+def store_unpublish(name: str, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """Stop publishing: further pulls are refused."""
+    from memosys.infra.store import MemStore
+
+    with _guarded(home) as mos:
+        assert mos is not None
+        pub = MemStore(mos).unpublish(name).as_dict()
+        _emit(as_json, pub, [f"unpublished {pub['name']}"])
+
+
+@store_app.command("list")
+def store_list(
+    url: Annotated[str | None, typer.Option("--url", help="List another service's "
+                                            "publications (default: this installation's "
+                                            "publications and subscriptions).")] = None,
+    api_key: KeyOpt = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Publications (of this installation or of a remote service) and subscriptions."""
+    from memosys.infra.store import MemStore, StoreClient, subscriptions
+
+    if url is not None:
+        with _guarded(runtime=False), StoreClient(url, api_key) as client:
+            pubs = client.publications()
+            _emit(as_json, {"publications": pubs}, _publication_lines(pubs))
+        return
+    with _guarded(home) as mos:
+        assert mos is not None
+        pubs = [p.as_dict() for p in MemStore(mos).publications()]
+        subs = [asdict(s) for s in subscriptions(mos)]
+        _emit(as_json, {"publications": pubs, "subscriptions": subs},
+              _publication_lines(pubs) + [
+                  f"subscribed: {s['cube']} <- {s['url']} {s['publication']} "
+                  f"(remote clock {s['remote_clock']})" for s in subs])
+
+
+@store_app.command("subscribe")
+def store_subscribe(
+    url: Annotated[str, typer.Argument(help="The publishing service, e.g. "
+                                       "http://host:8000")],
+    name: Annotated[str, typer.Argument(help="The publication.")],
+    as_name: Annotated[str | None, typer.Option("--as", help="Local cube name.")] = None,
+    api_key: KeyOpt = None,
+    save_key: Annotated[bool, typer.Option("--save-key/--no-save-key", help="Keep the key "
+                                           "(0600 file in the home) for later pulls.")] = True,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Subscribe to a publication and pull it whole into a new local cube."""
+    from memosys.infra.store import subscribe
+
+    with _guarded(home) as mos:
+        assert mos is not None
+        report = subscribe(mos, url, name, api_key, as_name=as_name, save_key=save_key)
+        _emit(as_json, asdict(report), [
+            f"subscribed {report.cube} to {name} at {url}: {report.memories_added} memories, "
+            f"{report.versions_added} versions (remote clock {report.source_clock})",
+            *report.messages])
+
+
+@store_app.command("pull")
+def store_pull(
+    cube: Annotated[str, typer.Argument(help="A subscribed local cube.")],
+    api_key: KeyOpt = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fetch the versions published since the last pull."""
+    from memosys.infra.store import pull
+
+    with _guarded(home) as mos:
+        assert mos is not None
+        report = pull(mos, cube, api_key=api_key)
+        _emit(as_json, asdict(report), [
+            f"pulled {report.cube}: {report.memories_added} added, {report.memories_updated} "
+            f"updated, {report.versions_added} versions, {report.pruned} removed "
+            f"(remote clock {report.source_clock})", *report.messages])
+
+
 def register(app: typer.Typer) -> None:
     app.command("export")(export_cmd)
     app.command("import")(import_cmd)
     app.command("verify")(verify_cmd)
     app.command("keygen")(keygen_cmd)
+    app.add_typer(store_app, name="store")
