@@ -259,3 +259,118 @@ def test_jobs_are_claimed_once_and_reclaimed_after_a_lost_lease(vault: Vault) ->
         vault.get_job("missing")
     with pytest.raises(NotFoundError):
         vault.finish_job("missing", result={})
+
+
+# --- import_versions (cube import, MemStore pulls) ----------------------------------------
+def _history_of(vault: Vault, cube, texts: list[str]) -> list:
+    """A source cube with one item per text, the first edited twice; its histories."""
+    items = _add(vault, cube, texts)
+    first = items[0]
+    for n, text in enumerate(["edited once", "edited twice"], start=1):
+        [first] = vault.commit(cube.id, [Write(first.model_copy(update={"text": text}),
+                                               "update", n, unit_vectors(1, seed=20 + n)[0])])
+    vault.record_access([first.id])
+    return [vault.history(i.id) for i in items]
+
+
+def _imported(histories: list, cube, vectors, stats=None):
+    from memosys.infra.vault.base import ImportedItem, VersionRecord
+
+    out = []
+    for records, vec in zip(histories, vectors, strict=True):
+        new_id = "copy-" + records[0].item.id  # both cubes live in one vault here
+        moved = [VersionRecord(r.item.model_copy(update={"cube_id": cube.id, "id": new_id}),
+                               r.clock, r.op, r.at) for r in records]
+        out.append(ImportedItem(moved, vec, stats))
+    return out
+
+
+def test_import_versions_into_a_fresh_cube_keeps_history_and_clocks(vault: Vault) -> None:
+    from memosys.types import Stats
+
+    source = vault.create_cube(make_cube("source"))
+    histories = _history_of(vault, source, ["alpha one", "beta two"])
+    target = vault.create_cube(make_cube("target"))
+    vecs = unit_vectors(2, seed=5)
+    stats = Stats(access_count=3, heat=1.5)
+    clock = vault.import_versions(target.id, _imported(histories, target, vecs, stats))
+    assert clock == vault.get_cube(source.id).clock == vault.get_cube(target.id).clock
+    for records in histories:
+        copied = vault.history("copy-" + records[0].item.id)
+        assert [(r.item.version, r.item.text, r.clock, r.op, r.at) for r in copied] == [
+            (r.item.version, r.item.text, r.clock, r.op, r.at) for r in records]
+    [hit] = vault.search_vector(vecs[1], ItemFilter(cube_ids=(target.id,)), 1)
+    first, second = ("copy-" + h[0].item.id for h in histories)
+    assert hit[0] == second
+    assert vault.search_text("edited", ItemFilter(cube_ids=(target.id,)), 5)[0][0] == first
+    assert vault.get_many([first])[first].stats.heat == 1.5
+    assert len(vault.changes_since(target.id, 0)) == 2
+
+
+def test_import_versions_appends_and_renumbers_clocks_atomically(vault: Vault) -> None:
+    from memosys.infra.vault.base import ImportedItem, VersionRecord
+
+    cube = vault.create_cube(make_cube())
+    [local] = _add(vault, cube, ["already here"])
+    clock = vault.get_cube(cube.id).clock
+    at = datetime(2025, 1, 2, tzinfo=UTC)
+    nxt = VersionRecord(local.model_copy(update={"text": "changed upstream", "version": 2}),
+                        40, "update", at)
+    fresh = make_item(cube, "brand new")
+    new = VersionRecord(fresh, 41, "add", at)
+    bad = ImportedItem([new], unit_vectors(1)[0], expected_version=None)
+    ahead = VersionRecord(nxt.item.model_copy(update={"version": 3}), 40, "update", at)
+    stale = ImportedItem([ahead], None, expected_version=2)  # the cube holds version 1
+    with pytest.raises(ConflictError):
+        vault.import_versions(cube.id, [bad, stale])
+    assert vault.get_many([fresh.id]) == {}
+    assert vault.get_cube(cube.id).clock == clock
+    assert len(vault.history(local.id)) == 1
+    new_clock = vault.import_versions(
+        cube.id, [ImportedItem([nxt], None, expected_version=1), bad])
+    assert new_clock == clock + 2  # 40 and 41 renumbered after the cube's own clock
+    assert [(r.item.version, r.clock) for r in vault.history(local.id)] == [
+        (1, clock), (2, clock + 1)]
+    assert vault.get_many([local.id])[local.id].text == "changed upstream"
+    assert {c.item_id for c in vault.changes_since(cube.id, clock)} == {local.id, fresh.id}
+    with pytest.raises(ValidationError):  # versions must be consecutive
+        vault.import_versions(cube.id, [ImportedItem([nxt], None, expected_version=2)])
+
+
+def test_import_versions_wipe_replaces_the_cube(vault: Vault) -> None:
+    from memosys.infra.vault.base import ImportedItem, VersionRecord
+
+    cube = vault.create_cube(make_cube())
+    old = _add(vault, cube, ["old one", "old two"])
+    clock = vault.get_cube(cube.id).clock
+    item = make_item(cube, "the replacement")
+    vault.import_versions(cube.id, [ImportedItem(
+        [VersionRecord(item, 1, "add", datetime(2025, 1, 1, tzinfo=UTC))],
+        unit_vectors(1, seed=3)[0])], wipe=True)
+    assert vault.get_many([i.id for i in old]) == {}
+    assert vault.history(old[0].id) == []
+    assert [i.text for i in vault.list_items(ItemFilter(cube_ids=(cube.id,)))] == [
+        "the replacement"]
+    assert vault.get_cube(cube.id).clock == clock + 1
+    assert [h[0] for h in vault.search_vector(unit_vectors(1, seed=3)[0],
+                                              ItemFilter(cube_ids=(cube.id,)), 5)] == [item.id]
+    assert vault.search_text("old", ItemFilter(cube_ids=(cube.id,)), 5) == []
+
+
+def test_import_versions_can_create_the_cube_in_the_same_transaction(vault: Vault) -> None:
+    from memosys.infra.vault.base import ImportedItem, VersionRecord
+
+    vault.create_cube(make_cube("taken"))
+    cube = make_cube("fresh")
+    item = make_item(cube, "inside the new cube")
+    vec = unit_vectors(1, seed=8)[0]
+    entry = ImportedItem([VersionRecord(item, 3, "add", datetime(2025, 1, 1, tzinfo=UTC))], vec)
+    clash = cube.model_copy(update={"name": "taken"})
+    with pytest.raises(ConflictError):
+        vault.import_versions(cube.id, [entry], new_cube=clash)
+    assert [c.name for c in vault.list_cubes()] == ["taken"]
+    assert vault.get_many([item.id]) == {}
+    assert vault.import_versions(cube.id, [entry], new_cube=cube) == 3
+    assert vault.get_cube("fresh").clock == 3
+    assert np.allclose(vault.vectors([item.id, "missing"])[item.id], vec)
+    assert list(vault.vectors([item.id, "missing"])) == [item.id]

@@ -92,3 +92,26 @@ class ActivationModelMismatchError(ActivationError):
     """A KV cache built by another model or tokenizer than the one bound now."""
 
     code = "activation_model_mismatch"
+
+
+class ArchiveError(MemosysError):
+    """A cube archive (MIP) that cannot be imported: corrupt, truncated, or not a MIP
+    file. Nothing was written to the target."""
+
+    code = "invalid_archive"
+    exit_code = 20
+
+
+class ArchiveTamperedError(ArchiveError):
+    """A file's SHA-256 or size differs from the manifest, or the signature does not
+    verify: the archive changed after it was written (or signed)."""
+
+    code = "archive_tampered"
+    exit_code = 21
+
+
+class UnsafeArchiveError(ArchiveError):
+    """Over a size limit, a decompression bomb, or a path that would escape (zip-slip)."""
+
+    code = "unsafe_archive"
+    exit_code = 22

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from memosys.types import CubeConfig, MemCube, MemoryItem, MemoryState, MemoryType
+from memosys.types import CubeConfig, MemCube, MemoryItem, MemoryState, MemoryType, Stats
 
 if TYPE_CHECKING:
     from memosys.infra.governance import GovernanceStore
@@ -106,6 +106,22 @@ class Job:
 JOB_STATES = ("queued", "running", "done", "failed")
 
 
+@dataclass(frozen=True)
+class ImportedItem:
+    """One item's version records for `Vault.import_versions` (cube import, MemStore pull).
+
+    `versions` are consecutive, oldest first, all of one item id: starting at version 1 for
+    an item the cube does not hold yet (`expected_version` None), else at
+    `expected_version + 1`. Their clocks are the source cube's. `vector` embeds the last
+    version's text (required for a new item; None keeps an existing item's). `stats` are
+    set on a new item; an existing item keeps its own."""
+
+    versions: Sequence[VersionRecord]
+    vector: np.ndarray | None = None
+    stats: Stats | None = None
+    expected_version: int | None = None
+
+
 class Vault(ABC):
     """Storage backend contract. All methods are safe to call from several threads."""
 
@@ -178,6 +194,27 @@ class Vault(ABC):
 
     @abstractmethod
     def add_feedback(self, item_id: str, delta: float) -> None: ...
+
+    @abstractmethod
+    def import_versions(
+        self,
+        cube_id: str,
+        batch: Sequence[ImportedItem],
+        *,
+        wipe: bool = False,
+        new_cube: MemCube | None = None,
+    ) -> int:
+        """Load whole version histories verbatim (documents, versions, operations, times)
+        in one transaction; all or nothing. `new_cube` (whose id is `cube_id`) is created
+        in that same transaction (ConflictError if its name is taken); `wipe` first erases
+        every item of the cube (replace on import). Source clocks are kept when the cube's
+        clock is 0 (a fresh cube); otherwise each distinct source clock maps, in order,
+        onto the cube's next clocks, so `changes_since` sees the import as new. Version or
+        id clashes raise ConflictError. Returns the cube's clock afterwards."""
+
+    @abstractmethod
+    def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Stored embeddings (float32) of these items; ids without one are left out."""
 
     # --- snapshots -------------------------------------------------------------------
     @abstractmethod

@@ -42,6 +42,7 @@ from memosys.infra.vault.base import (
     VersionRecord,
     Write,
 )
+from memosys.infra.vault.postgres_import import PostgresImportMixin
 from memosys.infra.vault.postgres_jobs import JobsMixin
 from memosys.infra.vault.postgres_schema import (
     LATEST,
@@ -77,7 +78,7 @@ class _Current:
     has_vector: bool
 
 
-class PostgresVault(SearchMixin, JobsMixin, Vault):
+class PostgresVault(SearchMixin, JobsMixin, PostgresImportMixin, Vault):
     """`url`: a libpq URL (postgresql://user:pass@host:port/db?sslmode=...).
 
     `pool_size` bounds this process's connections. `migrate=False` refuses to open a

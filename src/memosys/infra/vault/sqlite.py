@@ -32,6 +32,7 @@ from memosys.infra.vault.base import (
     Write,
 )
 from memosys.infra.vault.fts_query import fts_match_expression
+from memosys.infra.vault.sqlite_import import SQLiteImportMixin
 from memosys.infra.vault.vector_index import VectorIndex
 from memosys.types import CubeConfig, MemCube, MemoryItem, Stats, new_id
 
@@ -144,7 +145,7 @@ class _CubeVectors:
         self.lock = threading.Lock()
 
 
-class SQLiteVault(Vault):
+class SQLiteVault(SQLiteImportMixin, Vault):
     def __init__(self, path: str | Path, *, ann_threshold: int | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -305,13 +306,28 @@ class SQLiteVault(Vault):
         item = item.model_copy(
             update={"version": version, "updated_at": now if version > 1 else item.updated_at}
         )
+        rowid = self._write_item_row(conn, cube_id, item, None if current is None else current[0])
+        conn.execute(
+            "INSERT INTO item_versions (item_id, version, cube_id, clock, op, at, doc) "
+            "VALUES (?,?,?,?,?,?,?)",
+            (item.id, version, cube_id, clock, write.op, now.timestamp(), _item_doc(item)),
+        )
+        if write.vector is not None:
+            self._store_vector(conn, cube_id, rowid, write.vector, dim)
+        return item
+
+    @staticmethod
+    def _write_item_row(
+        conn: sqlite3.Connection, cube_id: str, item: MemoryItem, rowid: int | None
+    ) -> int:
+        """Insert (rowid None) or overwrite an item's current row, tags and text index."""
         src = item.source
         values = (
             item.id, cube_id, item.memory_type.value, item.state.value, src.user, src.agent,
             src.session, item.owner, item.event_time.timestamp(), _ts(item.valid_from),
-            _ts(item.valid_to), item.created_at.timestamp(), version, _item_doc(item),
+            _ts(item.valid_to), item.created_at.timestamp(), item.version, _item_doc(item),
         )
-        if current is None:
+        if rowid is None:
             cur = conn.execute(
                 "INSERT INTO items (id, cube_id, memory_type, state, user_id, agent_id, "
                 "session_id, owner, event_time, valid_from, valid_to, created_at, version, doc)"
@@ -320,7 +336,6 @@ class SQLiteVault(Vault):
             )
             rowid = int(cur.lastrowid or 0)
         else:
-            rowid = current[0]
             conn.execute(
                 "UPDATE items SET id=?, cube_id=?, memory_type=?, state=?, user_id=?, "
                 "agent_id=?, session_id=?, owner=?, event_time=?, valid_from=?, valid_to=?, "
@@ -337,14 +352,7 @@ class SQLiteVault(Vault):
             "INSERT INTO items_fts (rowid, text, tags) VALUES (?, ?, ?)",
             (rowid, item.text, " ".join(item.tags)),
         )
-        conn.execute(
-            "INSERT INTO item_versions (item_id, version, cube_id, clock, op, at, doc) "
-            "VALUES (?,?,?,?,?,?,?)",
-            (item.id, version, cube_id, clock, write.op, now.timestamp(), _item_doc(item)),
-        )
-        if write.vector is not None:
-            self._store_vector(conn, cube_id, rowid, write.vector, dim)
-        return item
+        return rowid
 
     def _store_vector(
         self, conn: sqlite3.Connection, cube_id: str, rowid: int, vec: np.ndarray, dim: int
