@@ -52,3 +52,10 @@ class LLMError(MemosysError):
 
     code = "llm_error"
     exit_code = 8
+
+
+class TrainingInterrupted(MemosysError):
+    """Training stopped early (Ctrl-C or a stop request); its checkpoint allows a resume."""
+
+    code = "interrupted"
+    exit_code = 130

@@ -43,6 +43,7 @@ from memosys.types import (
 
 if TYPE_CHECKING:
     from memosys.interface.reader import MemReader
+    from memosys.memories.parametric import ParametricMemory
 
 _RETRIES = 12
 MAX_TOP_K = 1000
@@ -532,6 +533,16 @@ class MemOS:
                 "items": sum(by_state.values()), "by_state": by_state, "by_type": by_type,
             })
         return out
+
+    # --- parametric memory (memosys.memories.parametric) -----------------------------
+    @property
+    def parametric(self) -> ParametricMemory:
+        """LoRA adapters distilled from memories: distil, serve, retire (docs/parametric.md)."""
+        if getattr(self, "_parametric", None) is None:
+            from memosys.memories.parametric import ParametricMemory
+
+            self._parametric = ParametricMemory(self)
+        return self._parametric  # type: ignore[return-value]
 
 
 def _backoff(attempt: int) -> None:
