@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -17,10 +18,31 @@ from memosys.models.embed import Embedder, make_embedder  # noqa: E402
 from memosys.system import MemOS  # noqa: E402
 from pg_fixture import SERVER as PG  # noqa: E402
 
+if TYPE_CHECKING:
+    from memosys.models.local_llm import LocalLLM
+
 
 @pytest.fixture(scope="session")
 def embedder() -> Embedder:
     return make_embedder("minilm")
+
+
+@pytest.fixture(scope="session")
+def llm_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from memosys.models.local_llm import MODEL_NAME
+
+    return tmp_path_factory.mktemp("llm") / MODEL_NAME
+
+
+@pytest.fixture(scope="session")
+def local(llm_cache_dir: Path) -> LocalLLM:
+    """The session's SmolLM2, dequantized once into a session temp dir (test_llm checks that
+    first load); every test that needs the real model shares it."""
+    from memosys.models.local_llm import LocalLLM
+
+    llm = LocalLLM(cache_dir=llm_cache_dir)
+    assert not llm.loaded and not llm_cache_dir.exists()  # constructing loads nothing
+    return llm.load()
 
 
 @pytest.fixture

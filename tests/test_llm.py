@@ -55,16 +55,7 @@ BACKGROUND = "You are a helpful assistant for Alice. Facts about Alice: " + " ".
 )
 
 
-@pytest.fixture(scope="session")
-def llm_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("llm") / MODEL_NAME
-
-
-@pytest.fixture(scope="session")
-def local(llm_cache_dir: Path) -> LocalLLM:
-    llm = LocalLLM(cache_dir=llm_cache_dir)
-    assert not llm.loaded and not llm_cache_dir.exists()  # constructing loads nothing
-    return llm.load()
+# The session's model (fixtures `llm_cache_dir`, `local`) comes from conftest.py.
 
 
 # Greedy answers computed once and compared against by several tests (generation is the slow

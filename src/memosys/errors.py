@@ -54,6 +54,25 @@ class LLMError(MemosysError):
     exit_code = 8
 
 
+class ActivationError(MemosysError):
+    """An activation (KV) cache that cannot be built, loaded or used."""
+
+    code = "activation_error"
+    exit_code = 9
+
+
+class StaleActivationError(ActivationError):
+    """A KV cache whose source memories changed (edited, deleted, purged) since it was built."""
+
+    code = "stale_activation"
+
+
+class ActivationModelMismatchError(ActivationError):
+    """A KV cache built by another model or tokenizer than the one bound now."""
+
+    code = "activation_model_mismatch"
+
+
 class TrainingInterrupted(MemosysError):
     """Training stopped early (Ctrl-C or a stop request); its checkpoint allows a resume."""
 

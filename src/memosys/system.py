@@ -44,6 +44,9 @@ from memosys.types import (
 if TYPE_CHECKING:
     from memosys.interface.reader import MemReader
     from memosys.memories.parametric import ParametricMemory
+    from memosys.models.llm import LLM
+    from memosys.operation.chat import ChatResult, ChatStream
+    from memosys.operation.scheduler import MemScheduler
 
 _RETRIES = 12
 MAX_TOP_K = 1000
@@ -124,6 +127,8 @@ class MemOS:
         return cls(Settings.load(home, **overrides))
 
     def close(self) -> None:
+        if getattr(self, "_scheduler", None) is not None:
+            self._scheduler.stop()  # its worker uses the vault
         self.vault.close()
 
     def __enter__(self) -> MemOS:
@@ -533,6 +538,74 @@ class MemOS:
                 "items": sum(by_state.values()), "by_state": by_state, "by_type": by_type,
             })
         return out
+
+    # --- chat, scheduler and bound model (memosys.operation.chat / .scheduler) --------
+    def chat(
+        self,
+        messages: Sequence[Message | dict[str, Any]],
+        *,
+        cube_ids: Sequence[str] | str | None = None,
+        user: str | None = None,
+        session: str | None = None,
+        stream: bool = False,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        remember: bool = True,
+    ) -> ChatResult | ChatStream:
+        """Answer a conversation with memory; returns a `ChatResult`, or with `stream=True`
+        a `ChatStream`.
+
+        `messages`: `Message` objects or `{"role", "content"}` dicts (system, user,
+        assistant), the last one the user's. `cube_ids`: cubes (names or ids) to read from;
+        the first is where new turns are written (default: the cube "default", created if
+        needed). The MemScheduler picks the memories for the last user message and their
+        form (activation cache or plaintext) within a prompt token budget; the bound model
+        (`settings.llm`: local SmolLM2 or OpenAI-compatible) answers, greedy at temperature
+        0. With `remember` the new user turns and the answer are stored as episodes through
+        the MemReader (searchable at once; extraction queued as a job).
+
+        `ChatResult` (memosys.operation.chat): `text`, `decisions` (list of
+        `MemoryDecision`: memory_id, cube_id, version, memory_type, form
+        activation|plaintext|skipped, section, reason, tokens, score), `usage`
+        (prompt_tokens, completion_tokens, cached_tokens, total_tokens), `finish_reason`,
+        `model`, `cube_id`, `cube_ids`, `scheduling_id`, `events`, `activation`, `written`,
+        `job_id`, `ttft_s`; `.as_dict()` is JSON-ready.
+        `ChatStream`: iterate it for text deltas (str); once exhausted its `.result` is the
+        `ChatResult` (turns are written back at the end; `.close()` early writes nothing)."""
+        from memosys.operation.chat import run_chat
+
+        return run_chat(self, messages, cube_ids=cube_ids, user=user, session=session,
+                        stream=stream, max_tokens=max_tokens, temperature=temperature,
+                        remember=remember)
+
+    @property
+    def scheduler(self) -> MemScheduler:
+        """The MemScheduler (decisions, promotions, background jobs), created on first use.
+        Views of this runtime should share it (the `_scheduler` attribute)."""
+        if getattr(self, "_scheduler", None) is None:
+            from memosys.operation.scheduler import MemScheduler
+
+            self._scheduler = MemScheduler(self)
+        return self._scheduler  # type: ignore[return-value]
+
+    @scheduler.setter
+    def scheduler(self, value: MemScheduler) -> None:
+        self._scheduler = value
+
+    @property
+    def llm(self) -> LLM:
+        """The bound chat model (`settings.llm`; shared per process), created on first use."""
+        if getattr(self, "_llm", None) is None:
+            from memosys.models.llm import make_llm
+
+            s = self.settings
+            self._llm = make_llm(s.llm, base_url=s.llm_base_url, api_key=s.llm_api_key,
+                                 cache_dir=s.llm_cache_dir, home=s.home)
+        return self._llm  # type: ignore[return-value]
+
+    @llm.setter
+    def llm(self, value: LLM) -> None:
+        self._llm = value
 
     # --- parametric memory (memosys.memories.parametric) -----------------------------
     @property

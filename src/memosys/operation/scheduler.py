@@ -1,0 +1,542 @@
+"""MemScheduler: which memories enter each model call, and in which form.
+
+Per chat call (:meth:`MemScheduler.plan`):
+
+1. **Stable set** — memories that are always relevant: the cubes' ``persona`` and ``rule``
+   memories (pinned), plus memories the scheduler *promoted* (see below). They form the
+   stable sections of the system message (:mod:`memosys.operation.prompt`), up to
+   ``stable_token_budget`` tokens.
+2. **Form of the stable set** — with the local model: ``activation`` when a KV cache of exactly
+   this prefix (same tokens, same source versions, same model) exists; otherwise the same text
+   goes in as ``plaintext`` and a cache build is queued, so the request never waits for a build
+   (the output is the same either way; only time-to-first-token differs). With a remote model:
+   ``plaintext`` (activation caches only exist for the local model).
+3. **Retrieved** — hybrid search for the query (through the runtime's public ``search``, so a
+   governed view's permissions apply); hits go in as ``plaintext`` by rank until
+   ``retrieved_token_budget`` tokens. Duplicates of the conversation are skipped.
+
+After the answer (:meth:`after_answer`) every memory in the prompt gets
+``record_access(used_in_answer=True)``. A retrieved memory used in ``promote_after`` answers
+without changing is **promoted** into the stable set (and so into the activation cache); a
+promoted memory is **demoted** when it changes (new version, deleted, purged) or **cools**
+(its decayed usage heat falls under ``cool_below``; it is re-heated only when a search finds
+it relevant again). Usage tracking lives in the scheduler (per process); the vault's stats
+keep the durable counts.
+
+Every decision is recorded with its reason: :meth:`recent_decisions` returns the newest
+:class:`SchedulingRecord` objects (``.as_dict()`` is JSON-ready), and ``MemOS.chat`` returns
+the call's decisions in its result.
+
+Background work goes through the vault's durable job queue: ``activation_build`` jobs (and
+the MemReader's ``extract`` jobs written by chat) are run by a worker thread started on first
+use (``background=True``) or by :meth:`run_pending`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from memosys.errors import ActivationError, MemosysError, NotFoundError
+from memosys.infra.vault.base import Job
+from memosys.memories.activation import (
+    ACTIVATION_TAG,
+    ActivationStore,
+    LoadedActivation,
+    SourceRef,
+)
+from memosys.operation.prompt import STABLE_SECTIONS, render_memory, section_of, stable_text
+from memosys.types import MemoryItem, MemoryKind, MemoryState, MemoryType, new_id
+
+if TYPE_CHECKING:
+    from memosys.models.local_llm import LocalLLM
+    from memosys.operation.retrieval import SearchHit
+    from memosys.system import MemOS
+
+log = logging.getLogger(__name__)
+
+BUILD_JOB = "activation_build"
+EXTRACT_JOB = "extract"
+Form = Literal["activation", "plaintext", "skipped"]
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    top_k: int = 5
+    """Search hits considered per call."""
+    retrieved_token_budget: int = 768
+    """Prompt tokens for query-specific (retrieved) memories."""
+    stable_token_budget: int = 2048
+    """Prompt tokens for the stable set (pinned + promoted memories)."""
+    max_pinned: int = 64
+    pinned_types: tuple[MemoryType, ...] = (MemoryType.PERSONA, MemoryType.RULE)
+    relevance_floor: float = 0.3
+    """A hit counts as relevant to the query when BM25 matched it or its embedding cosine is
+    at least this; irrelevant hits (a small cube returns everything) stay out of the prompt
+    and do not re-heat promoted memories."""
+    promote_after: int = 3
+    """Answers a retrieved memory must be used in, unchanged, to be promoted."""
+    heat_half_life_s: float = 3600.0
+    cool_below: float = 0.5
+    """A promoted memory whose decayed heat drops below this is demoted."""
+    background: bool = True
+    """Run queued jobs on a worker thread (False: only :meth:`MemScheduler.run_pending`)."""
+    budget_mb: float = 1024.0
+    """Disk budget of activation caches (all cubes)."""
+    memory_mb: float = 512.0
+    history: int = 500
+    clock: Callable[[], float] = time.time
+
+
+@dataclass(frozen=True)
+class MemoryDecision:
+    """What the scheduler did with one memory in one call, and why."""
+
+    memory_id: str
+    cube_id: str
+    version: int
+    memory_type: str
+    form: Form
+    section: str
+    """persona | rules | background (stable set) or retrieved."""
+    reason: str
+    tokens: int = 0
+    score: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SchedulingRecord:
+    """One call's schedule: the memories, their forms, the cache used and what changed."""
+
+    id: str
+    at: str
+    query: str
+    cube_ids: list[str]
+    model: str
+    decisions: list[MemoryDecision] = field(default_factory=list)
+    activation: dict[str, Any] | None = None
+    """The cache used (key, record_id, tokens, source: memory | disk), or None."""
+    events: list[str] = field(default_factory=list)
+    """Promotions, demotions, queued builds, refused caches."""
+    prompt_tokens: int | None = None
+    cached_tokens: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["decisions"] = [d.as_dict() for d in self.decisions]
+        return out
+
+
+@dataclass
+class Plan:
+    """What :meth:`MemScheduler.plan` hands to the chat: prompt parts plus the record."""
+
+    record: SchedulingRecord
+    stable_text: str
+    retrieved: list[MemoryItem]
+    stable_items: list[MemoryItem]
+    activation: LoadedActivation | None = None
+
+
+@dataclass
+class _Usage:
+    cube_id: str
+    version: int
+    uses: int = 0
+    heat: float = 0.0
+    last_used: float = 0.0
+    promoted: bool = False
+
+    def heat_at(self, now: float, half_life: float) -> float:
+        return self.heat * math.pow(0.5, max(0.0, now - self.last_used) / half_life)
+
+
+class MemScheduler:
+    """Shared by a runtime and its views; thread-safe."""
+
+    def __init__(self, mos: MemOS, config: SchedulerConfig | None = None) -> None:
+        self.mos = mos
+        self.config = config or SchedulerConfig()
+        self._lock = threading.RLock()
+        self._usage: dict[str, _Usage] = {}
+        self._history: deque[SchedulingRecord] = deque(maxlen=self.config.history)
+        self._pending: dict[str, str] = {}  # cache key -> job id
+        self._store: ActivationStore | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+
+    # --- activation store ---------------------------------------------------------------
+    def activation_store(self, llm: LocalLLM) -> ActivationStore:
+        """The KV-cache store for the bound local model (created on first use)."""
+        with self._lock:
+            if self._store is None or self._store.llm is not llm:
+                self._store = ActivationStore(self.mos, llm, budget_mb=self.config.budget_mb,
+                                              memory_mb=self.config.memory_mb)
+            return self._store
+
+    # --- decisions ------------------------------------------------------------------------
+    def recent_decisions(self, limit: int = 20) -> list[SchedulingRecord]:
+        """The newest scheduling records first (``.as_dict()`` for JSON)."""
+        with self._lock:
+            items = list(self._history)
+        return list(reversed(items))[: max(0, int(limit))]
+
+    def promoted(self) -> dict[str, int]:
+        """Promoted memory ids and the version they were promoted at."""
+        with self._lock:
+            return {i: u.version for i, u in self._usage.items() if u.promoted}
+
+    # --- planning -------------------------------------------------------------------------
+    def plan(
+        self,
+        view: MemOS,
+        query: str,
+        cube_ids: Sequence[str],
+        *,
+        base_system: str,
+        model: str,
+        count_tokens: Callable[[str], int],
+        local_llm: LocalLLM | None = None,
+        exclude_texts: Sequence[str] = (),
+    ) -> Plan:
+        """Choose the memories for one call. ``view`` is the caller's runtime (or governed
+        view): memories are read through its public methods, so its permissions apply."""
+        cfg = self.config
+        now = cfg.clock()
+        record = SchedulingRecord(new_id(), datetime.fromtimestamp(now, UTC).isoformat(),
+                                  query, list(cube_ids), model)
+        stable_items = self._stable_candidates(view, cube_ids, record, now)
+        hits = view.search(query, list(cube_ids), top_k=cfg.top_k + len(stable_items))
+        self._reheat_promoted([h.item.id for h in hits if self._relevant(h)], now)
+
+        # Stable set, within its token budget.
+        sections: dict[str, list[MemoryItem]] = {name: [] for name in STABLE_SECTIONS}
+        used = 0
+        chosen_stable: list[MemoryItem] = []
+        stable_reasons: dict[str, str] = {}
+        for item in stable_items:
+            tokens = count_tokens(render_memory(item) + "\n")
+            pinned = item.memory_type in cfg.pinned_types
+            why = (f"pinned {item.memory_type.value}: always relevant" if pinned
+                   else "promoted: used in repeated answers while unchanged")
+            if used + tokens > cfg.stable_token_budget:
+                record.decisions.append(_decision(item, "skipped", section_of(item),
+                                                  f"{why}; stable token budget full", tokens))
+                continue
+            used += tokens
+            sections[section_of(item)].append(item)
+            chosen_stable.append(item)
+            stable_reasons[item.id] = why
+        stable = stable_text(base_system, sections)
+
+        # Form of the stable set.
+        activation: LoadedActivation | None = None
+        form_note: str
+        if not chosen_stable:
+            form_note = ""
+        elif local_llm is None:
+            form_note = "remote model: activation caches apply to the local model only"
+        else:
+            activation, form_note = self._activation_for(
+                local_llm, cube_ids[0], base_system, sections, chosen_stable, record)
+        form: Form = "activation" if activation is not None else "plaintext"
+        for item in chosen_stable:
+            reason = stable_reasons[item.id] + (f"; {form_note}" if form_note else "")
+            tokens = count_tokens(render_memory(item) + "\n")
+            record.decisions.append(_decision(item, form, section_of(item), reason, tokens))
+
+        # Query-specific memories, by rank, within their budget.
+        stable_ids = {i.id for i in stable_items}
+        skip_texts = {t.strip() for t in exclude_texts}
+        retrieved: list[MemoryItem] = []
+        budget = cfg.retrieved_token_budget
+        for rank, hit in enumerate(hits, 1):
+            item = hit.item
+            if item.id in stable_ids:
+                continue
+            if item.kind != MemoryKind.PLAINTEXT or ACTIVATION_TAG in item.tags:
+                continue
+            if item.memory_type == MemoryType.EPISODE and item.source.role == "assistant":
+                # The model's own earlier answers are history, not facts: fed back, a small
+                # model's slip ("I'm Zorblax") would be repeated as memory.
+                record.decisions.append(_decision(item, "skipped", "retrieved",
+                                                  "assistant turn: history, not memory", 0,
+                                                  hit.score))
+                continue
+            if item.text.strip() in skip_texts:
+                record.decisions.append(_decision(item, "skipped", "retrieved",
+                                                  "already in the conversation", 0, hit.score))
+                continue
+            if len(retrieved) >= cfg.top_k:
+                break
+            if not self._relevant(hit):
+                cosine = hit.scores.get("vector", 0.0)
+                record.decisions.append(_decision(
+                    item, "skipped", "retrieved",
+                    f"rank {rank}: not relevant (no keyword match, cosine {cosine:.2f})",
+                    0, hit.score))
+                continue
+            tokens = count_tokens(render_memory(item) + "\n")
+            if tokens > budget:
+                record.decisions.append(_decision(item, "skipped", "retrieved",
+                                                  f"rank {rank}: retrieved token budget full",
+                                                  tokens, hit.score))
+                continue
+            budget -= tokens
+            retrieved.append(item)
+            record.decisions.append(_decision(
+                item, "plaintext", "retrieved",
+                f"retrieved for this query: rank {rank} of {len(hits)}", tokens, hit.score))
+        with self._lock:
+            self._history.append(record)  # visible at once; after_answer adds its events
+        return Plan(record, stable, retrieved, chosen_stable, activation)
+
+    def _stable_candidates(
+        self, view: MemOS, cube_ids: Sequence[str], record: SchedulingRecord, now: float
+    ) -> list[MemoryItem]:
+        cfg = self.config
+        pinned: list[MemoryItem] = []
+        types = [t.value for t in cfg.pinned_types]
+        for cube in cube_ids:
+            items = view.list(cube, {"memory_types": types}, limit=cfg.max_pinned)
+            # Oldest first: a new rule is appended after the cached ones, so the cache of
+            # the earlier rules stays a reusable prefix.
+            pinned.extend(sorted((i for i in items if i.kind == MemoryKind.PLAINTEXT),
+                                 key=lambda i: (i.created_at, i.id)))
+        pinned_ids = {i.id for i in pinned}
+        promoted: list[MemoryItem] = []
+        with self._lock:
+            candidates = [(i, u) for i, u in self._usage.items()
+                          if u.promoted and u.cube_id in cube_ids and i not in pinned_ids]
+        for item_id, usage in sorted(candidates, key=lambda c: c[0]):
+            try:
+                item = view.get(item_id)
+            except NotFoundError:
+                current = self.mos.vault.get_many([item_id]).get(item_id)
+                if current is None:
+                    self._demote(item_id, "purged", record)
+                continue  # not visible to this caller: left out, still promoted for others
+            if item.state != MemoryState.ACTIVE:
+                self._demote(item_id, f"{item.state.value}", record)
+            elif item.version != usage.version:
+                self._demote(item_id, f"changed (v{usage.version} -> v{item.version})", record)
+            elif usage.heat_at(now, cfg.heat_half_life_s) < cfg.cool_below:
+                self._demote(item_id, "cooled: not relevant to recent queries", record)
+            else:
+                promoted.append(item)
+        return pinned + promoted
+
+    def _relevant(self, hit: SearchHit) -> bool:
+        return "bm25" in hit.ranks or hit.scores.get("vector", 0.0) >= self.config.relevance_floor
+
+    def _reheat_promoted(self, relevant: list[str], now: float) -> None:
+        with self._lock:
+            for item_id in relevant:
+                usage = self._usage.get(item_id)
+                if usage is not None and usage.promoted:
+                    usage.heat = usage.heat_at(now, self.config.heat_half_life_s) + 1.0
+                    usage.last_used = now
+
+    def _demote(self, item_id: str, why: str, record: SchedulingRecord) -> None:
+        with self._lock:
+            usage = self._usage.pop(item_id, None)
+        if usage is not None and usage.promoted:
+            record.events.append(f"demoted {item_id}: {why}")
+
+    def _activation_for(
+        self,
+        llm: LocalLLM,
+        cube_id: str,
+        base_system: str,
+        sections: dict[str, list[MemoryItem]],
+        items: list[MemoryItem],
+        record: SchedulingRecord,
+    ) -> tuple[LoadedActivation | None, str]:
+        store = self.activation_store(llm)
+        levels = stable_levels(llm, base_system, sections)
+        ids = [t for level in levels for t in level]
+        sources = [SourceRef(i.id, i.version) for i in items]
+        key = store.key_for(ids, sources)
+        try:
+            loaded = store.get(cube_id, key)
+        except ActivationError as exc:
+            record.events.append(f"refused cache {key}: {exc}")
+            loaded = None
+        if loaded is not None:
+            record.activation = {"key": key, "record_id": loaded.record_id,
+                                 "tokens": loaded.n_tokens, "source": loaded.source,
+                                 "load_s": round(loaded.load_s, 4)}
+            return loaded, f"served from the activation cache ({loaded.source})"
+        job = self._queue_build(cube_id, base_system, sections, key)
+        record.events.append(f"queued cache build {key} (job {job})")
+        return None, f"cache not built yet (build queued: job {job}); text in the prompt"
+
+    def _queue_build(self, cube_id: str, base_system: str,
+                     sections: dict[str, list[MemoryItem]], key: str) -> str:
+        with self._lock:
+            if key in self._pending:
+                return self._pending[key]
+            payload = {
+                "key": key,
+                "base_system": base_system,
+                "sections": {name: [[i.id, i.version] for i in items]
+                             for name, items in sections.items()},
+            }
+            job = self.mos.vault.enqueue_job(BUILD_JOB, payload, cube_id)
+            self._pending[key] = job.id
+        self.notify()
+        return job.id
+
+    # --- after the answer ----------------------------------------------------------------
+    def after_answer(self, plan: Plan) -> None:
+        """Record usage of the memories that were in the prompt; promote repeated ones."""
+        cfg = self.config
+        now = cfg.clock()
+        ids = [i.id for i in plan.stable_items] + [i.id for i in plan.retrieved]
+        if ids:
+            self.mos.vault.record_access(ids, used_in_answer=True)
+        if plan.activation is not None:
+            self.mos.vault.record_access([plan.activation.record_id], used_in_answer=True)
+        with self._lock:
+            for item in plan.retrieved:
+                usage = self._usage.get(item.id)
+                if usage is None or usage.version != item.version:
+                    usage = self._usage[item.id] = _Usage(item.cube_id, item.version)
+                usage.heat = usage.heat_at(now, cfg.heat_half_life_s) + 1.0
+                usage.uses += 1
+                usage.last_used = now
+                if not usage.promoted and usage.uses >= cfg.promote_after:
+                    usage.promoted = True
+                    plan.record.events.append(
+                        f"promoted {item.id}: used in {usage.uses} answers unchanged at "
+                        f"v{item.version}; joins the stable set (activation)")
+
+    # --- background work ---------------------------------------------------------------
+    def notify(self) -> None:
+        """Wake the worker (starting it on first use when ``background`` is on)."""
+        if self.config.background:
+            self.start()
+        self._wake.set()
+
+    def start(self) -> None:
+        with self._lock:
+            if self._worker is not None and self._worker.is_alive():
+                return
+            self._stop.clear()
+            self._worker = threading.Thread(target=self._work, name="memosys-scheduler",
+                                            daemon=True)
+            self._worker.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        worker = self._worker
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout)
+        self._worker = None
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            try:
+                ran = self.run_pending(max_jobs=1)
+            except Exception:  # e.g. the vault closed under us: stop quietly
+                if self._stop.is_set():
+                    return
+                log.exception("scheduler worker failed; retrying")
+                ran = 0
+            if not ran:
+                self._wake.wait(1.0)
+                self._wake.clear()
+
+    def run_pending(self, max_jobs: int | None = None,
+                    kinds: Sequence[str] = (BUILD_JOB, EXTRACT_JOB)) -> int:
+        """Run queued jobs (cache builds, extractions) now; returns how many ran."""
+        done = 0
+        while max_jobs is None or done < max_jobs:
+            job = self.mos.vault.claim_job(list(kinds), lease_seconds=600.0)
+            if job is None:
+                break
+            if job.kind == EXTRACT_JOB:
+                self.mos.reader.run_job(job)
+            else:
+                self._run_build(job)
+            done += 1
+        return done
+
+    def _run_build(self, job: Job) -> None:
+        key = str(job.payload.get("key", ""))
+        try:
+            result = self.build_now(job.cube_id or "", job.payload)
+            self.mos.vault.finish_job(job.id, result=result)
+        except MemosysError as exc:  # stale sources or a model problem: nothing to retry
+            self.mos.vault.finish_job(job.id, error=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:
+            log.exception("activation build %s failed", job.id)
+            self.mos.vault.finish_job(job.id, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            with self._lock:
+                self._pending.pop(key, None)
+
+    def build_now(self, cube_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Build the cache a job describes (used by the worker; callable directly)."""
+        from memosys.models.local_llm import LocalLLM
+
+        llm = self.mos.llm
+        if not isinstance(llm, LocalLLM):
+            raise ActivationError("activation caches need the local model")
+        store = self.activation_store(llm)
+        store.sweep(cube_id)  # first drop caches whose sources changed (delete propagation)
+        refs = {name: [(str(i), int(v)) for i, v in pairs]
+                for name, pairs in payload.get("sections", {}).items()}
+        wanted = [i for pairs in refs.values() for i, _ in pairs]
+        current = self.mos.vault.get_many(wanted)
+        sections: dict[str, list[MemoryItem]] = {}
+        for name, pairs in refs.items():
+            sections[name] = []
+            for item_id, version in pairs:
+                item = current.get(item_id)
+                if item is None or item.version != version or item.state != MemoryState.ACTIVE:
+                    raise ActivationError(f"source {item_id} changed before the build ran")
+                sections[name].append(item)
+        levels = stable_levels(llm, str(payload.get("base_system", "")), sections)
+        sources = [SourceRef(i.id, i.version) for items in sections.values() for i in items]
+        loaded = store.build(cube_id, levels, sources)
+        return {"key": loaded.header.key, "record_id": loaded.record_id,
+                "tokens": loaded.n_tokens, "build_s": loaded.header.build_s,
+                "reused_tokens": loaded.header.reused_tokens, "bytes": loaded.header.bytes}
+
+
+def stable_levels(llm: LocalLLM, base_system: str,
+                  sections: dict[str, list[MemoryItem]]) -> list[list[int]]:
+    """Token ids of the cacheable prefix, one list per level (system, persona, rules, ...).
+
+    The prefix is the chat template's opening of the system message followed by the stable
+    text; each level is tokenized on its own, which equals tokenizing the whole because every
+    level ends with a newline and the next starts with a letter (the chat checks it)."""
+    from memosys.operation.prompt import render_section
+
+    tok = llm.tokenizer
+    texts = [SYSTEM_OPEN + base_system.rstrip() + "\n"]
+    texts.extend(render_section(name, sections.get(name, ())) for name in STABLE_SECTIONS)
+    return [list(tok(t, add_special_tokens=False)["input_ids"]) if t else [] for t in texts]
+
+
+SYSTEM_OPEN = "<|im_start|>system\n"
+"""How SmolLM2's chat template opens the system message."""
+
+
+def _decision(item: MemoryItem, form: Form, section: str, reason: str, tokens: int,
+              score: float | None = None) -> MemoryDecision:
+    return MemoryDecision(item.id, item.cube_id, item.version, item.memory_type.value, form,
+                          section, reason, tokens, None if score is None else round(score, 4))
