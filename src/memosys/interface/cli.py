@@ -23,6 +23,7 @@ from memosys.interface.cli_db import db_app
 from memosys.interface.cli_exchange import register as register_exchange
 from memosys.interface.cli_governance import acting, register
 from memosys.interface.cli_mcp import mcp_command
+from memosys.interface.cli_parametric import register as register_parametric
 from memosys.interface.cli_serve import register as register_serve
 from memosys.system import MemOS, SearchFilters
 from memosys.types import MemoryItem
@@ -42,6 +43,7 @@ app.command("mcp")(mcp_command)
 register_exchange(app)
 register_serve(app, bench_app)
 register(app)  # users, keys, share, acl, policy, audit, lifecycle, review, feedback
+register_parametric(app, bench_app)
 
 out = Console()
 err = Console(stderr=True)
