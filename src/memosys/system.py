@@ -113,9 +113,9 @@ class MemOS:
         self.retriever = HybridRetriever(
             self.vault,
             self.embedder,
-            config=RetrievalConfig()
-            if self.settings.retrieval == "conversational"
-            else RetrievalConfig.baseline(),
+            config=RetrievalConfig.baseline()
+            if self.settings.retrieval == "hybrid"
+            else RetrievalConfig(),
         )
 
     @classmethod
