@@ -291,3 +291,60 @@ def test_document_cube_direct_match_comes_first(mos: MemOS) -> None:
     parking = next(c for c in chunks if "scooters" in c.text)
     hits = mos.search("Where can I charge my scooter?", "docs", top_k=3, record_access=False)
     assert hits[0].item.id == parking.id
+
+
+def test_derived_memories_are_keys_for_their_sources(mos: MemOS) -> None:
+    """A fact extracted from a turn says what the turn means in other words: a search that
+    matches the fact lifts the turn it came from (through `derived_from`)."""
+    from memosys.types import MemoryItem, MemoryType
+
+    items = _session(mos, "c", "s1", [
+        ("Nate", "Ha, ages! Three years now, they are the best roommates ever."),
+        ("Joanna", "I went hiking near the lake yesterday with my brother."),
+        ("Nate", "The tournament was long but worth it, I won the second round."),
+        ("Joanna", "My screenplay got rejected again but I will keep writing."),
+    ])
+    [fact] = mos.add_items("c", [MemoryItem(
+        cube_id=mos.get_cube("c").id, memory_type=MemoryType.FACT,
+        text="Nate has had his pet turtles for three years.", derived_from=[items[0].id])])
+    query = "How long has Nate had his turtles?"
+    mos.retriever.config = replace(RetrievalConfig(), derived_keys=True)
+    hits = mos.search(query, "c", top_k=3, record_access=False)
+    ranked = [h.item.id for h in hits]
+    assert set(ranked[:2]) == {fact.id, items[0].id}
+    assert hits[ranked.index(items[0].id)].scores["key"] > 0
+    mos.retriever.config = replace(RetrievalConfig(), derived_keys=False)
+    plain = mos.search(query, "c", top_k=3, record_access=False)
+    assert _rank(plain, items[0].id) > _rank(hits, items[0].id)
+    assert all("key" not in h.scores for h in plain)
+
+
+def test_an_extra_stage_plugs_in_before_context(mos: MemOS) -> None:
+    """The hook a candidate-expansion stage (graph neighbours, say) uses: it adds
+    candidates, which later stages score and the filter still applies to."""
+    from memosys.operation.retrieval import SearchRun
+
+    items = _session(mos, "c", "s1", [("Alice", "I adopted a beagle called Rex."),
+                                      ("Bob", "Dogs are great company.")])
+    other = _session(mos, "c", "s2", [("Alice", "Rex loves the beach in summer.")])
+
+    class Linked:
+        name = "linked"
+
+        def enabled(self, config: RetrievalConfig) -> bool:
+            return True
+
+        def __call__(self, run: SearchRun) -> None:
+            if items[0].id in run.pool:  # a link from the beagle turn to the beach turn
+                run.add_candidate(other[0].id, run.pool[items[0].id].base, pooled=False)
+
+    mos.retriever.insert_stage(Linked())
+    assert [s.name for s in mos.retriever.stages].index("linked") == \
+        [s.name for s in mos.retriever.stages].index("context") - 1
+    with pytest.raises(ValueError, match="already"):
+        mos.retriever.insert_stage(Linked())
+    hits = mos.search("Which breed is Alice's dog?", "c", top_k=3, record_access=False,
+                      filters={"session": "s1"})
+    assert other[0].id not in {h.item.id for h in hits}  # the filter still holds
+    hits = mos.search("Which breed is Alice's dog?", "c", top_k=3, record_access=False)
+    assert other[0].id in {h.item.id for h in hits}

@@ -74,6 +74,9 @@ class TurnInfo:
     names: frozenset[str] = frozenset()
     """Lower-cased capitalised words of a memory that is not a turn (who a fact is about;
     a turn is about its speaker)."""
+    sources: tuple[str, ...] = ()
+    """The memories this one was derived from (`derived_from`): an extracted fact or a
+    summary is an extra key for them."""
 
 
 @dataclass
@@ -156,7 +159,8 @@ class CubeContext:
         names = frozenset() if turn else frozenset(
             w.lower() for w in _NAME.findall(body) if len(w) > 2)
         self.turns[item.id] = TurnInfo(session, speaker, event_ts, len(words),
-                                       has_time_expression(body), key, item.state, turn, names)
+                                       has_time_expression(body), key, item.state, turn, names,
+                                       tuple(item.derived_from))
 
 
 class ConversationIndex:

@@ -51,7 +51,7 @@ from memosys.types import MemoryItem
 RRF_K = 60
 """The usual RRF constant: damps the difference between the first few ranks."""
 
-STAGES = ("tuned_fusion", "query_analysis", "context", "expansion", "rerank")
+STAGES = ("tuned_fusion", "query_analysis", "derived_keys", "context", "expansion", "rerank")
 """Switchable stages of `RetrievalConfig` (the booleans of the same names)."""
 
 
@@ -76,6 +76,10 @@ class RetrievalConfig:
     """Events are talked about after they happen: a window extends this far past its end."""
     time_depth: int = 20
     """Extra candidates per retriever from inside the named time window."""
+    # derived memories as extra keys of their sources
+    derived_keys: bool = False
+    key_weight: float = 1.0
+    """Share of a derived memory's score that its sources receive."""
     # conversational context
     context: bool = True
     prev_weight: float = 0.5
@@ -322,7 +326,8 @@ class AnalyseQuery(_Builtin):
 
     def __call__(self, run: SearchRun) -> None:
         cfg, vault = run.config, run.retriever.vault
-        if cfg.query_analysis or cfg.context or cfg.expansion or cfg.rerank:
+        if cfg.query_analysis or cfg.context or cfg.expansion or cfg.rerank \
+                or cfg.derived_keys:
             for cube_id in run.flt.cube_ids or [c.id for c in vault.list_cubes()]:
                 run.contexts[cube_id] = run.retriever.conversations.get(cube_id)
         run.qa = QueryAnalysis(run.query)
@@ -409,6 +414,27 @@ class ExpandKeywords(_Builtin):
         run.base = fuse(expanded, cfg)
         for item_id, value in run.base.items():
             run.add_candidate(item_id, pooled=True).base = value
+
+
+class FollowKeys(_Builtin):
+    """Derived memories (facts extracted from turns, summaries of sessions or documents)
+    are extra keys for what they came from: a matching key lifts its sources
+    (`derived_from`), which join the pool, by `key_weight` x the key's score. The key
+    itself stays a candidate. Off by default: with the rule extractor's facts it did not
+    pay on LoCoMo (docs/retrieval.md)."""
+
+    name = switch = "derived_keys"
+
+    def __call__(self, run: SearchRun) -> None:
+        weight = run.config.key_weight
+        for cand in list(run.pool.values()):
+            if not cand.turn.sources or cand.base <= 0:
+                continue
+            for source in cand.turn.sources:
+                target = run.add_candidate(source, pooled=False)
+                lift = weight * cand.base
+                if lift > target.parts.get("key", 0.0):
+                    target.parts["key"] = lift
 
 
 class AddContext(_Builtin):
@@ -504,8 +530,8 @@ class Rerank(_Builtin):
 
 def default_stages() -> list[Stage]:
     """The built-in pipeline, in order."""
-    return [AnalyseQuery(), RetrieveCandidates(), Fuse(), ExpandKeywords(), AddContext(),
-            BoostNamed(), Rerank()]
+    return [AnalyseQuery(), RetrieveCandidates(), Fuse(), ExpandKeywords(), FollowKeys(),
+            AddContext(), BoostNamed(), Rerank()]
 
 
 def fuse(lists: dict[str, tuple[dict[str, float], bool]],
