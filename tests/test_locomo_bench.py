@@ -157,6 +157,18 @@ def test_bench_command_writes_the_json_shape(tiny: Path, tmp_path: Path, embedde
     assert "ingestion" in result.output
 
 
+def test_bench_with_extracted_facts_credits_their_turns(tiny: Path, tmp_path: Path,
+                                                        embedder) -> None:
+    """--facts: the MemReader extracts memories at ingestion; they are searched with the
+    turns and count for the turns they came from."""
+    out = tmp_path / "facts.json"
+    result = CliRunner().invoke(app, ["bench", "locomo", "--data", str(tiny), "--json",
+                                      str(out), "--conversations", "1", "--facts"])
+    assert result.exit_code == 0, result.output + str(result.exception or "")
+    report = json.loads(out.read_text())
+    assert report["overall"]["recall@20"] == 1.0
+
+
 def test_bench_command_reports_missing_data(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["bench", "locomo", "--data", str(tmp_path / "no.json")])
     assert result.exit_code == 2

@@ -18,7 +18,7 @@ JULY = datetime(2023, 7, 2, 18, 30, tzinfo=UTC)
 
 @pytest.fixture
 def mos(mos: MemOS) -> MemOS:
-    """The runtime with the full pipeline (the configured default may be plain hybrid)."""
+    """The runtime with the full pipeline (the default unless MEMOSYS_RETRIEVAL says)."""
     mos.retriever.config = RetrievalConfig()
     return mos
 
@@ -210,9 +210,10 @@ def test_the_pipeline_works_on_every_backend(vault, home, embedder) -> None:
     """Only the Vault interface is used, so the stages behave the same on each backend."""
     from memosys.config import Settings
 
-    settings = Settings.load(home, retrieval="conversational")
-    with MemOS(settings, vault=vault, embedder=embedder) as runtime:
-        assert runtime.retriever.config == RetrievalConfig()
+    hybrid = MemOS(Settings.load(home, retrieval="hybrid"), vault=vault, embedder=embedder)
+    assert hybrid.retriever.config == RetrievalConfig.baseline()  # plain RRF on request
+    with MemOS(Settings.load(home), vault=vault, embedder=embedder) as runtime:
+        assert runtime.retriever.config == RetrievalConfig()  # the pipeline by default
         items = _session(runtime, "c", "s1", [
             ("Alice", "I painted a sunset over the lake last weekend, my best painting yet."),
             ("Bob", "Nice. I painted too, a small portrait of my dog."),
@@ -223,3 +224,127 @@ def test_the_pipeline_works_on_every_backend(vault, home, embedder) -> None:
         more = _session(runtime, "c", "s1", [("Bob", "Sure, next Saturday works for me.")])
         ctx = runtime.retriever.conversations.get(runtime.get_cube("c").id)
         assert ctx.neighbours(more[0].id) == (items[2].id, None)
+
+
+# --- cubes that are not chat logs ------------------------------------------------------------
+FACTS = [
+    "Alice is allergic to peanuts.",
+    "Alice spent three weeks travelling through Portugal and Spain last summer, visiting "
+    "Lisbon, Porto, Seville and Madrid with her sister and two old friends from college.",
+    "Alice works as a senior data engineer at a logistics company in Rotterdam, where she "
+    "maintains the pipelines that schedule trucks, ships and warehouse staff every night.",
+    "Alice plays the cello in a community orchestra that rehearses on Tuesday evenings and "
+    "gives four concerts a year in churches around the city.",
+    "Bob, Alice's brother, is a nurse.",
+    "Alice's apartment has a small balcony where she grows tomatoes, basil, mint, chillies "
+    "and strawberries in wooden boxes she built herself from old pallets.",
+]
+
+
+@pytest.mark.parametrize("with_session", [False, True])
+def test_fact_cube_direct_match_comes_first(mos: MemOS, with_session: bool) -> None:
+    """Short facts next to long ones (extracted facts may carry the session they came
+    from): the length prior and session context must not bury the one that answers."""
+    mos.create_cube("facts")
+    items = [mos.add("facts", text, session="s1" if with_session else None)[0]
+             for text in FACTS]
+    for query, expected in [("What is Alice allergic to?", 0),
+                            ("What does Alice's brother do for a living?", 4),
+                            ("Which instrument does Alice play?", 3)]:
+        hits = mos.search(query, "facts", top_k=3, record_access=False)
+        assert hits[0].item.id == items[expected].id, (query, [h.item.text for h in hits])
+
+
+DOCUMENT = """# Office handbook
+
+## Opening hours
+The office is open from 8am to 6pm on weekdays. On public holidays the building is closed
+and the alarm is armed; the facilities team publishes the list of holidays every January
+together with the dates of the summer maintenance week.
+
+## Wi-Fi
+The guest Wi-Fi password is "orange-kite-42".
+
+## Kitchen
+Everyone cleans up after themselves. The dishwasher runs every evening at seven, and the
+fridge is emptied on Friday afternoons: label your food with your name and the date, or it
+will be thrown away. Coffee beans are ordered by the office manager on the first Monday of
+each month; tell her if we are running low before then.
+
+## Parking
+There are twelve parking spaces behind the building, shared by all teams on a first come,
+first served basis. Bicycles go in the covered rack next to the entrance, and electric
+scooters may be charged in the basement storage room but never in the offices.
+"""
+
+
+def test_document_cube_direct_match_comes_first(mos: MemOS) -> None:
+    """Chunks of one document: a short section that answers beats long ones nearby."""
+    mos.create_cube("docs")
+    chunks = mos.reader.add_document("docs", DOCUMENT, uri="file:///handbook.md",
+                                     max_chunk_chars=400)
+    assert len(chunks) >= 4
+    wifi = next(c for c in chunks if "orange-kite" in c.text)
+    for query in ("What is the guest wifi password?", "wifi password"):
+        hits = mos.search(query, "docs", top_k=3, record_access=False)
+        assert hits[0].item.id == wifi.id, (query, [h.item.text[:40] for h in hits])
+    parking = next(c for c in chunks if "scooters" in c.text)
+    hits = mos.search("Where can I charge my scooter?", "docs", top_k=3, record_access=False)
+    assert hits[0].item.id == parking.id
+
+
+def test_derived_memories_are_keys_for_their_sources(mos: MemOS) -> None:
+    """A fact extracted from a turn says what the turn means in other words: a search that
+    matches the fact lifts the turn it came from (through `derived_from`)."""
+    from memosys.types import MemoryItem, MemoryType
+
+    items = _session(mos, "c", "s1", [
+        ("Nate", "Ha, ages! Three years now, they are the best roommates ever."),
+        ("Joanna", "I went hiking near the lake yesterday with my brother."),
+        ("Nate", "The tournament was long but worth it, I won the second round."),
+        ("Joanna", "My screenplay got rejected again but I will keep writing."),
+    ])
+    [fact] = mos.add_items("c", [MemoryItem(
+        cube_id=mos.get_cube("c").id, memory_type=MemoryType.FACT,
+        text="Nate has had his pet turtles for three years.", derived_from=[items[0].id])])
+    query = "How long has Nate had his turtles?"
+    mos.retriever.config = replace(RetrievalConfig(), derived_keys=True)
+    hits = mos.search(query, "c", top_k=3, record_access=False)
+    ranked = [h.item.id for h in hits]
+    assert set(ranked[:2]) == {fact.id, items[0].id}
+    assert hits[ranked.index(items[0].id)].scores["key"] > 0
+    mos.retriever.config = replace(RetrievalConfig(), derived_keys=False)
+    plain = mos.search(query, "c", top_k=3, record_access=False)
+    assert _rank(plain, items[0].id) > _rank(hits, items[0].id)
+    assert all("key" not in h.scores for h in plain)
+
+
+def test_an_extra_stage_plugs_in_before_context(mos: MemOS) -> None:
+    """The hook a candidate-expansion stage (graph neighbours, say) uses: it adds
+    candidates, which later stages score and the filter still applies to."""
+    from memosys.operation.retrieval import SearchRun
+
+    items = _session(mos, "c", "s1", [("Alice", "I adopted a beagle called Rex."),
+                                      ("Bob", "Dogs are great company.")])
+    other = _session(mos, "c", "s2", [("Alice", "Rex loves the beach in summer.")])
+
+    class Linked:
+        name = "linked"
+
+        def enabled(self, config: RetrievalConfig) -> bool:
+            return True
+
+        def __call__(self, run: SearchRun) -> None:
+            if items[0].id in run.pool:  # a link from the beagle turn to the beach turn
+                run.add_candidate(other[0].id, run.pool[items[0].id].base, pooled=False)
+
+    mos.retriever.insert_stage(Linked())
+    assert [s.name for s in mos.retriever.stages].index("linked") == \
+        [s.name for s in mos.retriever.stages].index("context") - 1
+    with pytest.raises(ValueError, match="already"):
+        mos.retriever.insert_stage(Linked())
+    hits = mos.search("Which breed is Alice's dog?", "c", top_k=3, record_access=False,
+                      filters={"session": "s1"})
+    assert other[0].id not in {h.item.id for h in hits}  # the filter still holds
+    hits = mos.search("Which breed is Alice's dog?", "c", top_k=3, record_access=False)
+    assert other[0].id in {h.item.id for h in hits}

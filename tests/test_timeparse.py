@@ -66,3 +66,19 @@ def test_naive_anchor_is_utc_and_month_arithmetic_wraps() -> None:
     assert describe(m) == "November 2022"
     [m] = find_time_mentions("next month", datetime(2023, 12, 5))
     assert describe(m) == "January 2024"
+
+
+def test_absolute_times_need_no_anchor() -> None:
+    """The grammar retrieval reads questions with: only expressions that name their own
+    calendar time, and year-less months apart."""
+    from memosys.operation.timeparse import find_absolute_times
+
+    mentions, months = find_absolute_times(
+        "Did she go on the 8th of May 2023, on December 1,2023 or last week?")
+    assert [(m.start, m.end) for m in mentions] == [
+        (datetime(2023, 5, 8, tzinfo=UTC), datetime(2023, 5, 9, tzinfo=UTC)),
+        (datetime(2023, 12, 1, tzinfo=UTC), datetime(2023, 12, 2, tzinfo=UTC)),
+    ] and months == []
+    assert find_absolute_times("What did they give him on Aug 15th?") == ([], [8])
+    assert find_absolute_times("in summer 2021")[0][0].start == datetime(2021, 6, 1, tzinfo=UTC)
+    assert find_absolute_times("You may march on") == ([], [])

@@ -34,10 +34,10 @@ class Settings:
     openai_api_key: str | None = None
     ann_threshold: int = 20_000
     """Vector count per cube from which an HNSW index replaces exact search."""
-    retrieval: str = "hybrid"
-    """"hybrid": BM25 + dense fused by reciprocal rank. "conversational": the LoCoMo-tuned
-    pipeline with context, speaker/time analysis and reranking (docs/retrieval.md); it
-    still misranks some small cubes, so it is opt-in for now."""
+    retrieval: str = "pipeline"
+    """"pipeline": the full retrieval pipeline (fusion, query analysis, context, rerank;
+    docs/retrieval.md). "hybrid": plain BM25 + dense fused by reciprocal rank.
+    "conversational" is an older name for "pipeline"."""
     llm: str = "local"
     """Chat model: "local" (SmolLM2-135M-Instruct on CPU) or "openai:<model>"."""
     llm_base_url: str | None = None
@@ -81,8 +81,8 @@ class Settings:
                 values["ann_threshold"] = int(values["ann_threshold"])
         except ValueError:
             raise ValidationError("ann_threshold must be an integer") from None
-        if values.get("retrieval", "hybrid") not in ("hybrid", "conversational"):
-            raise ValidationError("retrieval must be 'hybrid' or 'conversational'")
+        if values.get("retrieval", "pipeline") not in ("pipeline", "hybrid", "conversational"):
+            raise ValidationError("retrieval must be 'pipeline' or 'hybrid'")
         if values.get("llm_cache_dir") is not None:
             values["llm_cache_dir"] = Path(values["llm_cache_dir"]).expanduser()
         return replace(settings, **values)

@@ -122,9 +122,9 @@ class MemOS(GovernanceAPI):
         self.retriever = HybridRetriever(
             self.vault,
             self.embedder,
-            config=RetrievalConfig()
-            if self.settings.retrieval == "conversational"
-            else RetrievalConfig.baseline(),
+            config=RetrievalConfig.baseline()
+            if self.settings.retrieval == "hybrid"
+            else RetrievalConfig(),
         )
 
     @classmethod

@@ -145,8 +145,10 @@ def load_locomo(path: Path = DEFAULT_LOCOMO) -> list[Conversation]:
 
 # --- ingestion ----------------------------------------------------------------------------
 def ingest(mos: MemOS, cube: str, conv: Conversation,
-           progress: Callable[[int], None] | None = None) -> list[MemoryItem]:
-    """One episode memory per turn, one `add` call per session (its own session id)."""
+           progress: Callable[[int], None] | None = None, *,
+           facts: bool = False) -> list[MemoryItem]:
+    """One episode memory per turn, one `add` call per session (its own session id);
+    `facts`: the MemReader also extracts memories from each session (`derived_from`)."""
     mos.ensure_cube(cube)
     stored: list[MemoryItem] = []
     by_session: dict[str, list[Turn]] = {}
@@ -159,7 +161,7 @@ def ingest(mos: MemOS, cube: str, conv: Conversation,
             for t in turns
         ]
         stored.extend(mos.add(cube, messages=messages, session=session,
-                              valid_from=turns[0].at))
+                              valid_from=turns[0].at, infer=facts))
         if progress is not None:
             progress(len(turns))
     return stored
@@ -311,6 +313,7 @@ def run_locomo_bench(
     questions: int | None = None,
     config: RetrievalConfig | None = None,
     embedder: Embedder | None = None,
+    facts: bool = False,
 ) -> LocomoReport:
     """Ingest, search every question, score; print tables and optionally write JSON.
 
@@ -332,7 +335,7 @@ def run_locomo_bench(
         with _progress(out, "ingesting turns", turns) as advance:
             start = time.perf_counter()
             for conv in convs:
-                ingest(mos, conv.sample_id, conv, progress=advance)
+                ingest(mos, conv.sample_id, conv, progress=advance, facts=facts)
                 cube_ids[conv.sample_id] = mos.get_cube(conv.sample_id).id
             ingest_s = time.perf_counter() - start
         rate = turns / ingest_s if ingest_s > 0 else 0.0

@@ -409,13 +409,15 @@ def bench_locomo(
     conversations: Annotated[int | None, typer.Option(help="Only the first N.")] = None,
     questions: Annotated[int | None, typer.Option(help="Only N questions each.")] = None,
     ablation: Annotated[bool, typer.Option(help="Re-run with each stage toggled.")] = False,
+    facts: Annotated[bool, typer.Option(
+        help="Also extract facts (MemReader) at ingestion: slow, about 1 s a turn.")] = False,
 ) -> None:
     """Evidence recall@k of LoCoMo questions, with BM25/dense baselines and ablation."""
     from memosys.bench.locomo import DEFAULT_LOCOMO, run_locomo_bench
 
     try:
         run_locomo_bench(data or DEFAULT_LOCOMO, json_file, conversations, ablation, out,
-                         questions=questions)
+                         questions=questions, facts=facts)
     except MemosysError as exc:
         err.print(f"[red]error[/red] ({exc.code}): {exc}")
         raise typer.Exit(exc.exit_code) from None

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from memosys.infra.vault.base import ItemFilter, Vault
 from memosys.infra.vault.fts_query import STOPWORDS
 from memosys.operation.query import has_time_expression
-from memosys.types import MemoryItem, MemoryState
+from memosys.types import MemoryItem, MemoryState, MemoryType
 
 _WORD = re.compile(r"\w+", re.UNICODE)
+_NAME = re.compile(r"\b[A-Z][^\W\d_]+")
 REBUILD_AFTER_COMMITS = 64
 """More commits than this since the last sync: rebuild instead of replaying changes."""
 
@@ -36,6 +37,15 @@ def body_text(item: MemoryItem) -> str:
     speaker = item.metadata.get("speaker")
     prefix = f"{speaker}: " if speaker else None
     return item.text[len(prefix):] if prefix and item.text.startswith(prefix) else item.text
+
+
+def is_turn(item: MemoryItem) -> bool:
+    """A message of a conversation: an episode with a session and a chat role. Only turns
+    get the conversational stages (neighbours, session, length prior); facts, documents and
+    free-text episodes are ranked on their match alone."""
+    role = item.source.role
+    return (item.memory_type == MemoryType.EPISODE and item.source.session is not None
+            and role is not None and role != "document")
 
 
 def content_words(text: str) -> list[str]:
@@ -59,6 +69,14 @@ class TurnInfo:
     stored (which, for chat, is the order they were said; event times cannot be trusted
     for that: a message without a timestamp takes the time it was stored)."""
     state: MemoryState = MemoryState.ACTIVE
+    turn: bool = False
+    """A conversation turn (`is_turn`): linked to its session neighbours."""
+    names: frozenset[str] = frozenset()
+    """Lower-cased capitalised words of a memory that is not a turn (who a fact is about;
+    a turn is about its speaker)."""
+    sources: tuple[str, ...] = ()
+    """The memories this one was derived from (`derived_from`): an extracted fact or a
+    summary is an extra key for them."""
 
 
 @dataclass
@@ -71,6 +89,8 @@ class CubeContext:
     speakers: Counter[str] = field(default_factory=Counter)
     doc_freq: Counter[str] = field(default_factory=Counter)
     docs: int = 0
+    turn_lengths: Counter[int] = field(default_factory=Counter)
+    """How many conversation turns have each length (content words)."""
     _seq: int = 0
 
     def neighbours(self, item_id: str) -> tuple[str | None, str | None]:
@@ -97,6 +117,14 @@ class CubeContext:
             self.links[order[i][1]] = (order[i - 1][1] if i > 0 else None,
                                        order[i + 1][1] if i + 1 < len(order) else None)
 
+    def mean_log_length(self, cap: int) -> float:
+        """Mean of log(1 + min(length, cap)) over the cube's conversation turns."""
+        total = sum(self.turn_lengths.values())
+        if total == 0:
+            return 0.0
+        return sum(n * math.log1p(min(length, cap))
+                   for length, n in list(self.turn_lengths.items())) / total
+
     def idf(self, word: str) -> float:
         return math.log(1 + self.docs / (1 + self.doc_freq.get(word, 0)))
 
@@ -106,7 +134,8 @@ class CubeContext:
         words = content_words(body)
         speaker = item.metadata.get("speaker")
         speaker = str(speaker) if speaker else None
-        session = item.source.session
+        turn = is_turn(item)
+        session = item.source.session if turn else None
         event_ts = item.event_time.timestamp()
         if old is None:
             self._seq += 1
@@ -115,6 +144,8 @@ class CubeContext:
             self.doc_freq.update(set(words))
         else:
             key = old.key
+            if old.turn:
+                self.turn_lengths[old.length] -= 1
             if old.speaker:
                 self.speakers[old.speaker] -= 1
             if old.session is not None:
@@ -123,8 +154,13 @@ class CubeContext:
             self.speakers[speaker] += 1
         if session is not None:
             self._link(session, key, item.id)
+        if turn:
+            self.turn_lengths[len(words)] += 1
+        names = frozenset() if turn else frozenset(
+            w.lower() for w in _NAME.findall(body) if len(w) > 2)
         self.turns[item.id] = TurnInfo(session, speaker, event_ts, len(words),
-                                       has_time_expression(body), key, item.state)
+                                       has_time_expression(body), key, item.state, turn, names,
+                                       tuple(item.derived_from))
 
 
 class ConversationIndex:

@@ -16,41 +16,13 @@ the question is asked, which says nothing about when the remembered event happen
 
 from __future__ import annotations
 
-import calendar
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from memosys.infra.vault.fts_query import STOPWORDS
-
-MONTHS = {name.lower(): n for n, name in enumerate(calendar.month_name) if name}
-MONTHS.update({name.lower(): n for n, name in enumerate(calendar.month_abbr) if name})
-MONTHS["sept"] = 9
-
-_MONTH = r"(?P<{g}>January|February|March|April|May|June|July|August|September|October|" \
-         r"November|December|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sept|Sep|Oct|Nov|Dec)\.?"
-_DAY = r"(?P<{g}>[0-3]?\d)(?:st|nd|rd|th)?"
-_YEAR = r"(?P<{g}>(?:19|20)\d\d)"
-
-_DAY_MONTH_YEAR = re.compile(
-    rf"\b{_DAY.format(g='d')}\s+(?:of\s+)?{_MONTH.format(g='m')},?\s*{_YEAR.format(g='y')}\b"
-)
-_MONTH_DAY_YEAR = re.compile(
-    rf"\b{_MONTH.format(g='m')}\s+{_DAY.format(g='d')},?\s*{_YEAR.format(g='y')}\b"
-)
-_MONTH_YEAR = re.compile(rf"\b{_MONTH.format(g='m')},?\s+(?:of\s+)?{_YEAR.format(g='y')}\b")
-_SEASON_YEAR = re.compile(
-    rf"\b(?P<s>spring|summer|autumn|fall|winter)\s+(?:of\s+)?{_YEAR.format(g='y')}\b", re.I
-)
-_YEAR_ONLY = re.compile(rf"(?<![\d/:-]){_YEAR.format(g='y')}(?![\d/:-])")
-# A month with no year must look like a date, not the verb "may": "in June", "June 5th".
-_MONTH_ONLY = re.compile(
-    rf"\b(?:in|during|of|since|until|by|early|late|mid|mid-)\s+{_MONTH.format(g='m')}(?!\w)"
-    rf"|\b{_MONTH.format(g='m2')}\s+{_DAY.format(g='d')}(?!\d)"
-)
-_SEASONS = {"spring": (3, 5), "summer": (6, 8), "autumn": (9, 11), "fall": (9, 11),
-            "winter": (12, 14)}
+from memosys.operation.timeparse import find_absolute_times
 
 TIME_EXPRESSION = re.compile(
     r"\b(?:yesterday|today|tonight|tomorrow|last|next|ago|week|weeks|weekend|weekends|month"
@@ -94,59 +66,15 @@ class QueryAnalysis:
         return bool(self.time_ranges or self.months)
 
 
-def _month_range(year: int, month: int) -> TimeRange:
-    start = datetime(year + (month - 1) // 12, (month - 1) % 12 + 1, 1, tzinfo=UTC)
-    nxt = month + 1
-    end = datetime(year + (nxt - 1) // 12, (nxt - 1) % 12 + 1, 1, tzinfo=UTC)
-    return TimeRange(start, end)
-
-
-def _day_range(year: int, month: int, day: int) -> TimeRange | None:
-    try:
-        start = datetime(year, month, day, tzinfo=UTC)
-    except ValueError:
-        return None
-    return TimeRange(start, datetime.fromtimestamp(start.timestamp() + 86_400, UTC))
-
-
 def parse_time(text: str) -> tuple[tuple[TimeRange, ...], tuple[int, ...]]:
-    """Absolute time expressions in `text`: (event-time ranges, year-less months)."""
+    """Absolute time expressions in `text`: (event-time ranges, year-less months). The
+    grammar is `timeparse`'s, the one the MemReader resolves memories' times with."""
+    mentions, months = find_absolute_times(text)
     ranges: list[TimeRange] = []
-    taken: list[tuple[int, int]] = []
-
-    def free(m: re.Match[str]) -> bool:
-        return not any(a < m.end() and m.start() < b for a, b in taken)
-
-    def take(m: re.Match[str], found: TimeRange | None) -> None:
-        taken.append((m.start(), m.end()))
-        if found is not None and found not in ranges:
+    for m in mentions:
+        found = TimeRange(m.start, m.end)
+        if found not in ranges:
             ranges.append(found)
-
-    for pattern in (_DAY_MONTH_YEAR, _MONTH_DAY_YEAR):
-        for m in pattern.finditer(text):
-            if free(m):
-                take(m, _day_range(int(m["y"]), MONTHS[m["m"].lower()], int(m["d"])))
-    for m in _MONTH_YEAR.finditer(text):
-        if free(m):
-            take(m, _month_range(int(m["y"]), MONTHS[m["m"].lower()]))
-    for m in _SEASON_YEAR.finditer(text):
-        if free(m):
-            first, last = _SEASONS[m["s"].lower()]
-            year = int(m["y"])
-            start = _month_range(year, first).start
-            take(m, TimeRange(start, _month_range(year, last).end))
-    for m in _YEAR_ONLY.finditer(text):
-        if free(m):
-            year = int(m["y"])
-            take(m, TimeRange(datetime(year, 1, 1, tzinfo=UTC),
-                              datetime(year + 1, 1, 1, tzinfo=UTC)))
-    months: list[int] = []
-    for m in _MONTH_ONLY.finditer(text):
-        if free(m):
-            month = MONTHS[(m["m"] or m["m2"]).lower()]
-            taken.append((m.start(), m.end()))
-            if month not in months:
-                months.append(month)
     return tuple(ranges), tuple(months)
 
 

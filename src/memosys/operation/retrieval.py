@@ -31,6 +31,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import numpy as np
 
@@ -50,7 +51,7 @@ from memosys.types import MemoryItem
 RRF_K = 60
 """The usual RRF constant: damps the difference between the first few ranks."""
 
-STAGES = ("tuned_fusion", "query_analysis", "context", "expansion", "rerank")
+STAGES = ("tuned_fusion", "query_analysis", "derived_keys", "context", "expansion", "rerank")
 """Switchable stages of `RetrievalConfig` (the booleans of the same names)."""
 
 
@@ -75,6 +76,10 @@ class RetrievalConfig:
     """Events are talked about after they happen: a window extends this far past its end."""
     time_depth: int = 20
     """Extra candidates per retriever from inside the named time window."""
+    # derived memories as extra keys of their sources
+    derived_keys: bool = False
+    key_weight: float = 1.0
+    """Share of a derived memory's score that its sources receive."""
     # conversational context
     context: bool = True
     prev_weight: float = 0.5
@@ -90,7 +95,10 @@ class RetrievalConfig:
     # feature reranker
     rerank: bool = True
     length_weight: float = 1.25
-    """Weight of log(1 + content words): informative turns are longer."""
+    """Weight of log(1 + content words) of a conversation turn: informative turns are
+    longer."""
+    length_cap: int = 30
+    """Content words from which the length prior stops growing."""
     time_answer_weight: float = 1.5
     """Boost for turns with a time expression when the question asks "when"."""
 
@@ -137,6 +145,7 @@ class SearchHit:
 
 
 _NO_TURN = TurnInfo(None, None, 0.0, 0, False, 0)
+"""What a memory outside the conversation index (not yet synced) is taken to be."""
 _STD_FLOOR = 1e-9
 _PRIOR_WEIGHT = 10
 """Pseudo-observations of a typical spread mixed into each list's standard deviation, so a
@@ -149,7 +158,7 @@ every memory scores ~0, a rare word several points)."""
 
 
 @dataclass
-class _Candidate:
+class Candidate:
     """One memory under consideration and the score parts that explain its rank."""
 
     item_id: str
@@ -163,6 +172,62 @@ class _Candidate:
     @property
     def score(self) -> float:
         return self.base + sum(self.parts.values())
+
+
+class Stage(Protocol):
+    """One step of the pipeline: reads and updates the `SearchRun` in place.
+
+    `HybridRetriever.stages` runs them in order; `insert_stage` adds one. A stage that
+    brings in more candidates (graph expansion, say) goes before "context", so that the
+    later stages score its candidates like any other; it adds them with
+    `run.add_candidate(item_id, base, pooled=False)` (not found by a filtered search, so
+    the filter is checked before they are returned)."""
+
+    name: str
+
+    def enabled(self, config: RetrievalConfig) -> bool: ...
+
+    def __call__(self, run: SearchRun) -> None: ...
+
+
+@dataclass
+class SearchRun:
+    """The state of one search as it passes through the stages."""
+
+    retriever: HybridRetriever
+    query: str
+    flt: ItemFilter
+    top_k: int
+    config: RetrievalConfig
+    contexts: dict[str, CubeContext] = field(default_factory=dict)
+    """Conversation structure of each searched cube."""
+    qa: QueryAnalysis = field(default_factory=lambda: QueryAnalysis(""))
+    qvec: np.ndarray | None = None
+    windows: list[tuple[datetime, datetime]] = field(default_factory=list)
+    """Event-time windows the query names (extended by the grace period)."""
+    lists: dict[str, tuple[dict[str, float], bool]] = field(default_factory=dict)
+    """Raw scores per retriever ("bm25", "vector") and whether the list was cut at depth."""
+    ranks: dict[str, dict[str, int]] = field(default_factory=dict)
+    base: dict[str, float] = field(default_factory=dict)
+    """Fused score per candidate (0 = found by no retriever)."""
+    pool: dict[str, Candidate] = field(default_factory=dict)
+
+    def candidate(self, item_id: str, *, pooled: bool) -> Candidate:
+        """A new candidate for `item_id` with what the conversation index knows of it."""
+        for ctx in self.contexts.values():
+            turn = ctx.turns.get(item_id)
+            if turn is not None:
+                return Candidate(item_id, turn, ctx, pooled)
+        return Candidate(item_id, _NO_TURN, None, pooled)
+
+    def add_candidate(self, item_id: str, base: float = 0.0, *,
+                      pooled: bool = False) -> Candidate:
+        """Put a memory in the pool (kept as is if already there)."""
+        cand = self.pool.get(item_id)
+        if cand is None:
+            cand = self.pool[item_id] = self.candidate(item_id, pooled=pooled)
+            cand.base = base
+        return cand
 
 
 class HybridRetriever:
@@ -179,217 +244,47 @@ class HybridRetriever:
         """Candidates per retriever when tuned fusion is off (the plain RRF pipeline)."""
         self.config = config or RetrievalConfig()
         self.conversations = ConversationIndex(vault)
+        self.stages: list[Stage] = default_stages()
+        """The pipeline, in order (see `Stage`)."""
+
+    def insert_stage(self, stage: Stage, *, before: str = "context") -> None:
+        """Add a stage before the named one (default: before "context", the place for a
+        stage that adds candidates)."""
+        names = [s.name for s in self.stages]
+        if stage.name in names:
+            raise ValueError(f"a stage named {stage.name!r} is already in the pipeline")
+        if before not in names:
+            raise ValueError(f"no stage {before!r}; stages: {names}")
+        self.stages.insert(names.index(before), stage)
 
     def search(self, query: str, flt: ItemFilter, top_k: int) -> list[SearchHit]:
-        cfg = self.config
-        contexts: dict[str, CubeContext] = {}
-        if cfg.query_analysis or cfg.context or cfg.expansion or cfg.rerank:
-            for cube_id in flt.cube_ids or [c.id for c in self.vault.list_cubes()]:
-                contexts[cube_id] = self.conversations.get(cube_id)
-        qa = QueryAnalysis(query)
-        if cfg.query_analysis:
-            speakers = {s for ctx in contexts.values() for s, n in list(ctx.speakers.items())
-                        if n > 0}
-            qa = analyze_query(query, speakers)
-
-        # 1. candidates
-        depth = max(cfg.depth if cfg.tuned_fusion else self.depth, top_k)
-        qvec = self.embedder.embed([query])[0]
-        bm25 = self.vault.search_text(query, flt, depth)
-        dense = self.vault.search_vector(qvec, flt, depth)
-        ranks = {"bm25": _ranks(bm25), "vector": _ranks(dense)}
-        lists = {"bm25": (dict(bm25), len(bm25) >= depth),
-                 "vector": (dict(dense), len(dense) >= depth)}
-        windows = _windows(qa, cfg.time_grace_days) if cfg.query_analysis else []
-        for start, end in windows:  # the same query inside the window: same score scale
-            inside = replace(flt, since=_max_dt(flt.since, start),
-                             until=_min_dt(flt.until, end))
-            if inside.since is not None and inside.until is not None \
-                    and inside.since > inside.until:
-                continue
-            for name, found in (
-                ("bm25", self.vault.search_text(query, inside, cfg.time_depth)),
-                ("vector", self.vault.search_vector(qvec, inside, cfg.time_depth)),
-            ):
-                for item_id, score in found:
-                    lists[name][0].setdefault(item_id, score)
-
-        # 2. fusion
-        base = self._fuse(lists)
-        # 3. keyword expansion
-        if cfg.expansion and base:
-            extra = self._expansion(query, base, flt, contexts)
-            if extra:
-                scores, truncated = lists["bm25"]
-                merged = dict(scores)
-                for item_id, score in extra.items():
-                    merged[item_id] = merged.get(item_id, 0.0) + cfg.expansion_weight * score
-                lists["bm25_expanded"] = (merged, truncated or len(extra) >= cfg.depth)
-                base = self._fuse({"bm25": lists["bm25_expanded"], "vector": lists["vector"]})
-        pool = {i: self._candidate(i, contexts, pooled=True) for i in base}
-        for item_id, value in base.items():
-            pool[item_id].base = value
-        # 4.-6. context, query features, prior
-        if cfg.context:
-            self._add_context(pool, contexts)
-        if cfg.query_analysis:
-            self._add_query_features(pool, qa, windows)
-        if cfg.rerank:
-            self._add_prior(pool, qa)
-
-        chosen = self._select(pool, flt, top_k)
+        run = SearchRun(self, query, flt, top_k, self.config)
+        for stage in self.stages:
+            if stage.enabled(run.config):
+                stage(run)
+        chosen = self._select(run.pool, flt, top_k)
         items = self.vault.get_many([c.item_id for c in chosen])
         hits = []
         for cand in chosen:
             item = items.get(cand.item_id)
             if item is None:
                 continue
-            scores = {k: lists[k][0][cand.item_id] for k in ("bm25", "vector")
-                      if cand.item_id in lists[k][0]}
+            scores = {k: run.lists[k][0][cand.item_id] for k in ("bm25", "vector")
+                      if k in run.lists and cand.item_id in run.lists[k][0]}
             scores.update({k: round(v, 6) for k, v in cand.parts.items() if v})
             hits.append(SearchHit(
                 item, cand.score,
-                {k: r[cand.item_id] for k, r in ranks.items() if cand.item_id in r},
+                {k: r[cand.item_id] for k, r in run.ranks.items() if cand.item_id in r},
                 scores,
             ))
         return hits
 
-    # --- stages -----------------------------------------------------------------------
-    def _fuse(self, lists: dict[str, tuple[dict[str, float], bool]]) -> dict[str, float]:
-        """Fused score per candidate, shifted so that a memory no retriever found scores 0
-        (the context stage relies on that for neighbours outside the pool)."""
-        ids = list(dict.fromkeys(i for scores, _ in lists.values() for i in scores))
-        if not ids:
-            return {}
-        if not self.config.tuned_fusion:
-            fused = dict.fromkeys(ids, 0.0)
-            for scores, _ in lists.values():
-                for rank, item_id in enumerate(sorted(scores, key=lambda i: -scores[i]), 1):
-                    fused[item_id] += 1.0 / (RRF_K + rank)
-            cfg = self.config
-            if not (cfg.query_analysis or cfg.context or cfg.rerank):
-                return fused  # the plain RRF pipeline, scores as before
-            # Later stages add boosts in standard-deviation units: rescale to match.
-            scale = float(np.std(list(fused.values()))) or 1.0
-            return {i: v / scale for i, v in fused.items()}
-        weights = {"bm25": self.config.bm25_weight, "vector": 1 - self.config.bm25_weight}
-        fused = dict.fromkeys(ids, 0.0)
-        for name, (scores, truncated) in lists.items():
-            values = np.fromiter(scores.values(), dtype=float, count=len(scores))
-            if values.size == 0:
-                continue
-            # Unseen memories score at most the last one seen if the list was cut at
-            # `depth`, else they did not match at all (BM25 0; never happens for dense).
-            missing = float(values.min()) if truncated or name != "bm25" else 0.0
-            ref = values if truncated or name != "bm25" else np.append(values, 0.0)
-            prior = _COSINE_SPREAD if name == "vector" else _BM25_SPREAD
-            std = math.sqrt((ref.size * float(ref.var()) + _PRIOR_WEIGHT * prior**2)
-                            / (ref.size + _PRIOR_WEIGHT))
-            std = max(std, _STD_FLOOR)
-            w = weights.get(name, weights["bm25"])
-            for item_id in ids:
-                value = scores.get(item_id, missing)
-                fused[item_id] += w * (value - missing) / std
-        return fused
-
-    def _expansion(self, query: str, base: dict[str, float], flt: ItemFilter,
-                   contexts: dict[str, CubeContext]) -> dict[str, float]:
-        """Pseudo-relevance feedback: the rarer words of the best few candidates, weighted
-        by rank, become a second BM25 query (scores of that query)."""
-        cfg = self.config
-        best = sorted(base, key=lambda i: (-base[i], i))[: cfg.expansion_docs]
-        feedback = self.vault.get_many(best)
-        asked = set(query_terms(query))
-        weights: dict[str, float] = {}
-        for rank, item_id in enumerate(best):
-            item = feedback.get(item_id)
-            ctx = contexts.get(item.cube_id) if item is not None else None
-            if item is None or ctx is None:
-                continue
-            for word in set(content_words(body_text(item))):
-                if word in asked or ctx.doc_freq.get(word, 0) < 2:
-                    continue  # a one-off word is no evidence of the topic
-                weights[word] = weights.get(word, 0.0) + ctx.idf(word) / (rank + 1)
-        terms = sorted(weights, key=lambda t: (-weights[t], t))[: cfg.expansion_terms]
-        if not terms:
-            return {}
-        return dict(self.vault.search_text(" ".join(terms), flt, cfg.depth))
-
-    def _candidate(self, item_id: str, contexts: dict[str, CubeContext], *,
-                   pooled: bool) -> _Candidate:
-        for ctx in contexts.values():
-            turn = ctx.turns.get(item_id)
-            if turn is not None:
-                return _Candidate(item_id, turn, ctx, pooled)
-        return _Candidate(item_id, _NO_TURN, None, pooled)
-
-    def _add_context(self, pool: dict[str, _Candidate],
-                     contexts: dict[str, CubeContext]) -> None:
-        """A turn inherits part of the score of its neighbours and of its session's best
-        turn; neighbours of candidates join as candidates themselves."""
-        cfg = self.config
-        links: dict[str, tuple[str | None, str | None]] = {}
-        for cand in list(pool.values()):
-            if cand.ctx is None:
-                continue
-            prev, nxt = cand.ctx.neighbours(cand.item_id)
-            links[cand.item_id] = (prev, nxt)
-            for other in (prev, nxt):
-                if other is not None and other not in pool:
-                    pool[other] = self._candidate(other, contexts, pooled=False)
-                    links[other] = pool[other].ctx.neighbours(other) if pool[other].ctx \
-                        else (None, None)
-        best: dict[tuple[int, str], float] = {}
-        for cand in pool.values():
-            if cand.turn.session is not None and cand.pooled:
-                key = (id(cand.ctx), cand.turn.session)
-                best[key] = max(best.get(key, 0.0), cand.base)
-        for cand in pool.values():
-            prev, nxt = links.get(cand.item_id, (None, None))
-            inherited = 0.0
-            if prev is not None and prev in pool:
-                inherited += cfg.prev_weight * pool[prev].base
-            if nxt is not None and nxt in pool:
-                inherited += cfg.next_weight * pool[nxt].base
-            cand.parts["context"] = inherited
-            if cand.turn.session is not None:
-                cand.parts["session"] = cfg.session_weight * best.get(
-                    (id(cand.ctx), cand.turn.session), 0.0)
-
-    def _add_query_features(self, pool: dict[str, _Candidate], qa: QueryAnalysis,
-                            windows: list[tuple[datetime, datetime]]) -> None:
-        cfg = self.config
-        person = qa.persons[0] if len(qa.persons) == 1 else None
-        spans = [(a.timestamp(), b.timestamp()) for a, b in windows]
-        grace = cfg.time_grace_days * 86_400
-        for cand in pool.values():
-            turn = cand.turn
-            if person is not None and turn.speaker == person:
-                cand.parts["speaker"] = cfg.speaker_weight
-            if turn is _NO_TURN:
-                continue
-            in_time = any(a <= turn.event_ts <= b for a, b in spans)
-            if not in_time and qa.months:
-                at = datetime.fromtimestamp(turn.event_ts, UTC)
-                before = datetime.fromtimestamp(turn.event_ts - grace, UTC)
-                in_time = at.month in qa.months or before.month in qa.months
-            if in_time:
-                cand.parts["time"] = cfg.time_weight
-
-    def _add_prior(self, pool: dict[str, _Candidate], qa: QueryAnalysis) -> None:
-        cfg = self.config
-        for cand in pool.values():
-            prior = cfg.length_weight * math.log1p(cand.turn.length)
-            if qa.asks_time and cand.turn.has_time:
-                prior += cfg.time_answer_weight
-            cand.parts["prior"] = prior
-
-    def _select(self, pool: dict[str, _Candidate], flt: ItemFilter,
-                top_k: int) -> list[_Candidate]:
+    def _select(self, pool: dict[str, Candidate], flt: ItemFilter,
+                top_k: int) -> list[Candidate]:
         """The top_k best candidates; neighbours that joined through context are checked
         against the search filter first (they were not found by a filtered search)."""
         ranked = sorted(pool.values(), key=lambda c: (-c.score, c.item_id))
-        chosen: list[_Candidate] = []
+        chosen: list[Candidate] = []
         start = 0
         while len(chosen) < top_k and start < len(ranked):
             window = ranked[start : start + 2 * top_k]
@@ -411,6 +306,270 @@ class HybridRetriever:
                     if len(chosen) == top_k:
                         break
         return chosen
+
+
+class _Builtin:
+    """A built-in stage, switched by the `RetrievalConfig` boolean of its name (the
+    always-on steps have none)."""
+
+    name = ""
+    switch: str | None = None
+
+    def enabled(self, config: RetrievalConfig) -> bool:
+        return self.switch is None or bool(getattr(config, self.switch))
+
+
+class AnalyseQuery(_Builtin):
+    """Conversation structure of the searched cubes, and who/when the query names."""
+
+    name = "analysis"
+
+    def __call__(self, run: SearchRun) -> None:
+        cfg, vault = run.config, run.retriever.vault
+        if cfg.query_analysis or cfg.context or cfg.expansion or cfg.rerank \
+                or cfg.derived_keys:
+            for cube_id in run.flt.cube_ids or [c.id for c in vault.list_cubes()]:
+                run.contexts[cube_id] = run.retriever.conversations.get(cube_id)
+        run.qa = QueryAnalysis(run.query)
+        if cfg.query_analysis:
+            speakers = {s for ctx in run.contexts.values()
+                        for s, n in list(ctx.speakers.items()) if n > 0}
+            run.qa = analyze_query(run.query, speakers)
+            run.windows = _windows(run.qa, cfg.time_grace_days)
+
+
+class RetrieveCandidates(_Builtin):
+    """BM25 and dense candidates, `depth` each; inside each named time window too."""
+
+    name = "candidates"
+
+    def __call__(self, run: SearchRun) -> None:
+        cfg, r, flt = run.config, run.retriever, run.flt
+        depth = max(cfg.depth if cfg.tuned_fusion else r.depth, run.top_k)
+        run.qvec = qvec = r.embedder.embed([run.query])[0]
+        bm25 = r.vault.search_text(run.query, flt, depth)
+        dense = r.vault.search_vector(qvec, flt, depth)
+        run.ranks = {"bm25": _ranks(bm25), "vector": _ranks(dense)}
+        run.lists = {"bm25": (dict(bm25), len(bm25) >= depth),
+                     "vector": (dict(dense), len(dense) >= depth)}
+        for start, end in run.windows:  # the same query inside the window: same scale
+            inside = replace(flt, since=_max_dt(flt.since, start),
+                             until=_min_dt(flt.until, end))
+            if inside.since is not None and inside.until is not None \
+                    and inside.since > inside.until:
+                continue
+            for name, found in (
+                ("bm25", r.vault.search_text(run.query, inside, cfg.time_depth)),
+                ("vector", r.vault.search_vector(qvec, inside, cfg.time_depth)),
+            ):
+                for item_id, score in found:
+                    run.lists[name][0].setdefault(item_id, score)
+
+
+class Fuse(_Builtin):
+    """One base score per candidate from the retrievers' scores; fills the pool."""
+
+    name = "fusion"
+
+    def __call__(self, run: SearchRun) -> None:
+        run.base = fuse(run.lists, run.config)
+        run.pool = {}
+        for item_id, value in run.base.items():
+            run.add_candidate(item_id, value, pooled=True)
+
+
+class ExpandKeywords(_Builtin):
+    """Pseudo-relevance feedback: the rarer words of the best few candidates, weighted by
+    rank, become a second BM25 query whose scores are added to the first."""
+
+    name = switch = "expansion"
+
+    def __call__(self, run: SearchRun) -> None:
+        cfg = run.config
+        if not run.base:
+            return
+        best = sorted(run.base, key=lambda i: (-run.base[i], i))[: cfg.expansion_docs]
+        feedback = run.retriever.vault.get_many(best)
+        asked = set(query_terms(run.query))
+        weights: dict[str, float] = {}
+        for rank, item_id in enumerate(best):
+            item = feedback.get(item_id)
+            ctx = run.contexts.get(item.cube_id) if item is not None else None
+            if item is None or ctx is None:
+                continue
+            for word in set(content_words(body_text(item))):
+                if word in asked or ctx.doc_freq.get(word, 0) < 2:
+                    continue  # a one-off word is no evidence of the topic
+                weights[word] = weights.get(word, 0.0) + ctx.idf(word) / (rank + 1)
+        terms = sorted(weights, key=lambda t: (-weights[t], t))[: cfg.expansion_terms]
+        if not terms:
+            return
+        extra = dict(run.retriever.vault.search_text(" ".join(terms), run.flt, cfg.depth))
+        scores, truncated = run.lists["bm25"]
+        merged = dict(scores)
+        for item_id, score in extra.items():
+            merged[item_id] = merged.get(item_id, 0.0) + cfg.expansion_weight * score
+        expanded = {"bm25": (merged, truncated or len(extra) >= cfg.depth),
+                    "vector": run.lists["vector"]}
+        run.base = fuse(expanded, cfg)
+        for item_id, value in run.base.items():
+            run.add_candidate(item_id, pooled=True).base = value
+
+
+class FollowKeys(_Builtin):
+    """Derived memories (facts extracted from turns, summaries of sessions or documents)
+    are extra keys for what they came from: a matching key lifts its sources
+    (`derived_from`), which join the pool, by `key_weight` x the key's score. The key
+    itself stays a candidate. Off by default: with the rule extractor's facts it did not
+    pay on LoCoMo (docs/retrieval.md)."""
+
+    name = switch = "derived_keys"
+
+    def __call__(self, run: SearchRun) -> None:
+        weight = run.config.key_weight
+        for cand in list(run.pool.values()):
+            if not cand.turn.sources or cand.base <= 0:
+                continue
+            for source in cand.turn.sources:
+                target = run.add_candidate(source, pooled=False)
+                lift = weight * cand.base
+                if lift > target.parts.get("key", 0.0):
+                    target.parts["key"] = lift
+
+
+class AddContext(_Builtin):
+    """A conversation turn inherits part of the score of its neighbours and of its
+    session's best turn; neighbours of candidates join as candidates themselves. Only
+    turns are linked (`context.is_turn`), so facts and documents are left alone."""
+
+    name = switch = "context"
+
+    def __call__(self, run: SearchRun) -> None:
+        cfg, pool = run.config, run.pool
+        links: dict[str, tuple[str | None, str | None]] = {}
+        for cand in list(pool.values()):
+            if cand.ctx is None:
+                continue
+            prev, nxt = cand.ctx.neighbours(cand.item_id)
+            links[cand.item_id] = (prev, nxt)
+            for other in (prev, nxt):
+                if other is not None and other not in pool:
+                    joined = run.add_candidate(other, pooled=False)
+                    links[other] = joined.ctx.neighbours(other) if joined.ctx \
+                        else (None, None)
+        best: dict[tuple[int, str], float] = {}
+        for cand in pool.values():
+            if cand.turn.session is not None and cand.pooled:
+                key = (id(cand.ctx), cand.turn.session)
+                best[key] = max(best.get(key, 0.0), cand.base)
+        for cand in pool.values():
+            prev, nxt = links.get(cand.item_id, (None, None))
+            inherited = 0.0
+            if prev is not None and prev in pool:
+                inherited += cfg.prev_weight * pool[prev].base
+            if nxt is not None and nxt in pool:
+                inherited += cfg.next_weight * pool[nxt].base
+            cand.parts["context"] = inherited
+            if cand.turn.session is not None:
+                cand.parts["session"] = cfg.session_weight * best.get(
+                    (id(cand.ctx), cand.turn.session), 0.0)
+
+
+class BoostNamed(_Builtin):
+    """Memories of the one person the query names (spoken by them, or for a memory that
+    is not a turn, naming them), and memories from a time the query names."""
+
+    name = switch = "query_analysis"
+
+    def __call__(self, run: SearchRun) -> None:
+        cfg, qa = run.config, run.qa
+        person = qa.persons[0] if len(qa.persons) == 1 else None
+        first = person.split()[0].lower() if person else None
+        spans = [(a.timestamp(), b.timestamp()) for a, b in run.windows]
+        grace = cfg.time_grace_days * 86_400
+        for cand in run.pool.values():
+            turn = cand.turn
+            if person is not None and (turn.speaker == person or first in turn.names):
+                cand.parts["speaker"] = cfg.speaker_weight
+            if turn is _NO_TURN:
+                continue
+            in_time = any(a <= turn.event_ts <= b for a, b in spans)
+            if not in_time and qa.months:
+                at = datetime.fromtimestamp(turn.event_ts, UTC)
+                before = datetime.fromtimestamp(turn.event_ts - grace, UTC)
+                in_time = at.month in qa.months or before.month in qa.months
+            if in_time:
+                cand.parts["time"] = cfg.time_weight
+
+
+class Rerank(_Builtin):
+    """Linear feature scorer: an informativeness prior for conversation turns and
+    answer-type matching ("when" questions prefer memories that say when).
+
+    The prior ranks turns against turns: a short turn ("Bye!") is rarely evidence. It is
+    log(1 + content words), capped at `length_cap` words and centred on the cube's mean
+    turn, so a typical turn scores 0 like a memory that is not a turn (a fact, a document
+    chunk), which gets none: cubes without chat are ranked on their match alone."""
+
+    name = switch = "rerank"
+
+    def __call__(self, run: SearchRun) -> None:
+        cfg, qa = run.config, run.qa
+        centre = {id(ctx): ctx.mean_log_length(cfg.length_cap)
+                  for ctx in run.contexts.values()}
+        for cand in run.pool.values():
+            turn = cand.turn
+            prior = 0.0
+            if turn.turn:
+                prior = cfg.length_weight * (math.log1p(min(turn.length, cfg.length_cap))
+                                             - centre.get(id(cand.ctx), 0.0))
+            if qa.asks_time and turn.has_time:
+                prior += cfg.time_answer_weight
+            cand.parts["prior"] = prior
+
+
+def default_stages() -> list[Stage]:
+    """The built-in pipeline, in order."""
+    return [AnalyseQuery(), RetrieveCandidates(), Fuse(), ExpandKeywords(), FollowKeys(),
+            AddContext(), BoostNamed(), Rerank()]
+
+
+def fuse(lists: dict[str, tuple[dict[str, float], bool]],
+         config: RetrievalConfig) -> dict[str, float]:
+    """Fused score per candidate, shifted so that a memory no retriever found scores 0
+    (the context stage relies on that for neighbours outside the pool)."""
+    ids = list(dict.fromkeys(i for scores, _ in lists.values() for i in scores))
+    if not ids:
+        return {}
+    if not config.tuned_fusion:
+        fused = dict.fromkeys(ids, 0.0)
+        for scores, _ in lists.values():
+            for rank, item_id in enumerate(sorted(scores, key=lambda i: -scores[i]), 1):
+                fused[item_id] += 1.0 / (RRF_K + rank)
+        if not (config.query_analysis or config.context or config.rerank):
+            return fused  # the plain RRF pipeline, scores as before
+        # Later stages add boosts in standard-deviation units: rescale to match.
+        scale = float(np.std(list(fused.values()))) or 1.0
+        return {i: v / scale for i, v in fused.items()}
+    weights = {"bm25": config.bm25_weight, "vector": 1 - config.bm25_weight}
+    fused = dict.fromkeys(ids, 0.0)
+    for name, (scores, truncated) in lists.items():
+        values = np.fromiter(scores.values(), dtype=float, count=len(scores))
+        if values.size == 0:
+            continue
+        # Unseen memories score at most the last one seen if the list was cut at
+        # `depth`, else they did not match at all (BM25 0; never happens for dense).
+        missing = float(values.min()) if truncated or name != "bm25" else 0.0
+        ref = values if truncated or name != "bm25" else np.append(values, 0.0)
+        prior = _COSINE_SPREAD if name == "vector" else _BM25_SPREAD
+        std = math.sqrt((ref.size * float(ref.var()) + _PRIOR_WEIGHT * prior**2)
+                        / (ref.size + _PRIOR_WEIGHT))
+        std = max(std, _STD_FLOOR)
+        w = weights.get(name, weights["bm25"])
+        for item_id in ids:
+            value = scores.get(item_id, missing)
+            fused[item_id] += w * (value - missing) / std
+    return fused
 
 
 def _only_cube_and_state(flt: ItemFilter) -> bool:
@@ -436,4 +595,7 @@ def _min_dt(a: datetime | None, b: datetime) -> datetime:
     return b if a is None else min(a, b)
 
 
-__all__ = ["HybridRetriever", "RetrievalConfig", "STAGES", "SearchHit", "TimeRange"]
+__all__ = [
+    "Candidate", "HybridRetriever", "RetrievalConfig", "STAGES", "SearchHit", "SearchRun",
+    "Stage", "TimeRange", "default_stages", "fuse",
+]

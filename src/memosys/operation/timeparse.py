@@ -117,8 +117,8 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\b(?P<which>last|this|next) weekend\b"), "weekend"),
     (re.compile(rf"\b(?P<which>last|this|next|past) {_UNIT}\b"), "relative"),
     (re.compile(rf"\b(?:(?P<which>last|this|next|on|past) )?{_WEEKDAY}\b"), "weekday"),
-    (re.compile(rf"\b{_DAY} {_MONTH},? {_YEAR}\b"), "dmy"),
-    (re.compile(rf"\b{_MONTH} {_DAY},? {_YEAR}\b"), "mdy"),
+    (re.compile(rf"\b{_DAY} (?:of )?{_MONTH},? ?{_YEAR}\b"), "dmy"),
+    (re.compile(rf"\b{_MONTH} {_DAY},? ?{_YEAR}\b"), "mdy"),
     (re.compile(r"\b(?P<iso>(?:19|20)\d\d-[01]\d-[0-3]\d)\b"), "iso"),
     (re.compile(rf"\b{_MONTH},? {_YEAR}\b"), "month_year"),
     (re.compile(rf"\b(?:(?P<which>last|this|next|in) )?{_MONTH}\b(?! \d)"), "month"),
@@ -146,6 +146,62 @@ def find_time_mentions(text: str, anchor: datetime) -> list[TimeMention]:
             taken.append(span)
             found.append(TimeMention(text[span[0]:span[1]], start, end, granularity, span))
     return sorted(found, key=lambda m: m.span)
+
+
+_ABSOLUTE = ("dmy", "mdy", "iso", "month_year", "year")
+"""Rules that need no anchor: the expression names its own calendar time."""
+_SEASONS = {"spring": (3, 6), "summer": (6, 9), "autumn": (9, 12), "fall": (9, 12),
+            "winter": (12, 15)}
+_SEASON_YEAR = re.compile(rf"\b(?P<season>{'|'.join(_SEASONS)}) (?:of )?{_YEAR}\b")
+_BARE_MONTH = re.compile(
+    rf"\b(?:(?P<which>in|during|since|until|by|early|late|mid|mid-) ?)?{_MONTH}\b(?! \d)"
+    rf"|\b{_MONTH.replace('month', 'dated')} {_DAY}\b")
+"""A month without a year: "in June", a capitalised "July", or a date "Aug 15th"."""
+
+
+def find_absolute_times(text: str) -> tuple[list[TimeMention], list[int]]:
+    """The time expressions of `text` that name a calendar time by themselves ("on 8 May,
+    2023", "in December 2023", "in summer 2021", "in 2022"), with no anchor to resolve
+    against (a question is asked at some unknown time after the events it asks about);
+    and the months named without a year ("in June"), which match that month of any year.
+    Relative expressions ("last week") are left out."""
+    lowered = text.lower()
+    taken: list[tuple[int, int]] = []
+    found: list[TimeMention] = []
+
+    def free(span: tuple[int, int]) -> bool:
+        return not any(span[0] < end and start < span[1] for start, end in taken)
+
+    anchor = datetime(2000, 1, 1, tzinfo=UTC)  # unused by absolute rules
+    for pattern, kind in _RULES:
+        if kind not in _ABSOLUTE:
+            continue
+        for match in pattern.finditer(lowered):
+            resolved = _resolve(kind, match, anchor) if free(match.span()) else None
+            if resolved is not None:
+                taken.append(match.span())
+                found.append(TimeMention(text[slice(*match.span())], *resolved, match.span()))
+    for match in _SEASON_YEAR.finditer(lowered):
+        if free(match.span()):
+            first, last = _SEASONS[match["season"]]
+            year = int(match["year"])
+            taken.append(match.span())
+            found.append(TimeMention(text[slice(*match.span())], _month_start(year, first),
+                                     _month_start(year, last), "month", match.span()))
+    months: list[int] = []
+    for match in _BARE_MONTH.finditer(lowered):
+        if not free(match.span()):
+            continue
+        name = match["month"] or match["dated"]
+        bare = match["dated"] is None and match["which"] is None  # not "Aug 15th", "in May"
+        if bare and (not text[match.start("month")].isupper() or name == "may"):
+            continue  # "may", "march": verbs unless capitalised; "May" alone stays a verb
+        if bare and len(name) <= 4 and name not in ("june", "july"):
+            continue  # "Mar", "Sep" alone are too ambiguous
+        taken.append(match.span())
+        if _MONTHS[name] not in months:
+            months.append(_MONTHS[name])
+    return sorted(found, key=lambda m: m.span), months
 
 
 def _resolve(
