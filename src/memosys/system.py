@@ -43,6 +43,7 @@ from memosys.types import (
 
 if TYPE_CHECKING:
     from memosys.interface.reader import MemReader
+    from memosys.operation.graph import MemoryGraphAPI
 
 _RETRIES = 12
 MAX_TOP_K = 1000
@@ -117,6 +118,7 @@ class MemOS:
             if self.settings.retrieval == "conversational"
             else RetrievalConfig.baseline(),
         )
+        self._setup_graph()
 
     @classmethod
     def open(cls, home: str | Path | None = None, **overrides: Any) -> MemOS:
@@ -532,6 +534,27 @@ class MemOS:
                 "items": sum(by_state.values()), "by_state": by_state, "by_type": by_type,
             })
         return out
+
+    # --- semantic graph (memosys.operation.graph; docs/graph.md) ----------------------
+    def _setup_graph(self) -> None:
+        from memosys.infra.vault.graph_base import GraphStore
+
+        if self.settings.graph and isinstance(self.vault, GraphStore):
+            from memosys.operation.graph_extract import extract_graph
+
+            self.vault.set_graph_deriver(extract_graph)
+        if self.settings.graph_search:
+            from memosys.operation.graph_search import GraphStage
+
+            self.retriever.stages.append(GraphStage(self.vault))
+
+    @property
+    def graph(self) -> MemoryGraphAPI:
+        """Entities, relations and their history in a cube (build, entity, neighbours,
+        facts as of a date, timeline, changes, path, memories)."""
+        from memosys.operation.graph import MemoryGraphAPI
+
+        return MemoryGraphAPI(self)
 
 
 def _backoff(attempt: int) -> None:

@@ -31,6 +31,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import numpy as np
 
@@ -165,6 +166,16 @@ class _Candidate:
         return self.base + sum(self.parts.values())
 
 
+class CandidateStage(Protocol):
+    """An extra stage after fusion (e.g. the graph, `memosys.operation.graph_search`):
+    scores to add, under part `name`, for memories it finds; each must pass `flt`."""
+
+    name: str
+
+    def expand(self, query: str, flt: ItemFilter, base: dict[str, float]) -> dict[str, float]:
+        ...
+
+
 class HybridRetriever:
     def __init__(
         self,
@@ -179,6 +190,8 @@ class HybridRetriever:
         """Candidates per retriever when tuned fusion is off (the plain RRF pipeline)."""
         self.config = config or RetrievalConfig()
         self.conversations = ConversationIndex(vault)
+        self.stages: list[CandidateStage] = []
+        """Extra candidate stages, run after fusion and before context (none by default)."""
 
     def search(self, query: str, flt: ItemFilter, top_k: int) -> list[SearchHit]:
         cfg = self.config
@@ -229,6 +242,11 @@ class HybridRetriever:
         pool = {i: self._candidate(i, contexts, pooled=True) for i in base}
         for item_id, value in base.items():
             pool[item_id].base = value
+        for stage in self.stages:
+            for item_id, boost in stage.expand(query, flt, base).items():
+                if item_id not in pool:
+                    pool[item_id] = self._candidate(item_id, contexts, pooled=True)
+                pool[item_id].parts[stage.name] = boost
         # 4.-6. context, query features, prior
         if cfg.context:
             self._add_context(pool, contexts)

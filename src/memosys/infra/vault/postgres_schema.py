@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import psycopg
 
 from memosys.errors import StorageError
+from memosys.infra.vault.postgres_graph import GRAPH_MIGRATION_SQL
 
 MIGRATION_LOCK = 0x6D656D6F73797301
 """pg_advisory_lock key ("memosys" + 1), per database."""
@@ -149,6 +150,8 @@ CREATE INDEX jobs_claim ON jobs (state, kind, created_at, seq);
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: cubes, items, versions, stats, vectors, snapshots", _V1),
     Migration(2, "durable background jobs", _V2),
+    Migration(3, "semantic graph: entities, mentions, relations, follows, derived",
+              GRAPH_MIGRATION_SQL),
 )
 LATEST = MIGRATIONS[-1].version
 
