@@ -19,6 +19,7 @@ from rich.table import Table
 
 from memosys.errors import MemosysError, ValidationError
 from memosys.interface.cli_db import db_app
+from memosys.interface.cli_graph import bench_graph, graph_app
 from memosys.system import MemOS, SearchFilters
 from memosys.types import MemoryItem
 
@@ -33,6 +34,8 @@ app.add_typer(cubes_app, name="cubes")
 bench_app = typer.Typer(help="Reproducible benchmarks that print tables.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(db_app, name="db")
+app.add_typer(graph_app, name="graph")
+bench_app.command("graph")(bench_graph)
 
 out = Console()
 err = Console(stderr=True)
@@ -398,13 +401,16 @@ def bench_locomo(
     conversations: Annotated[int | None, typer.Option(help="Only the first N.")] = None,
     questions: Annotated[int | None, typer.Option(help="Only N questions each.")] = None,
     ablation: Annotated[bool, typer.Option(help="Re-run with each stage toggled.")] = False,
+    graph: Annotated[str, typer.Option(help="on: add the graph stage (docs/graph.md).")] = "off",
 ) -> None:
     """Evidence recall@k of LoCoMo questions, with BM25/dense baselines and ablation."""
     from memosys.bench.locomo import DEFAULT_LOCOMO, run_locomo_bench
 
+    if graph not in ("on", "off"):
+        raise typer.BadParameter("--graph must be on or off")
     try:
         run_locomo_bench(data or DEFAULT_LOCOMO, json_file, conversations, ablation, out,
-                         questions=questions)
+                         questions=questions, graph=graph == "on")
     except MemosysError as exc:
         err.print(f"[red]error[/red] ({exc.code}): {exc}")
         raise typer.Exit(exc.exit_code) from None

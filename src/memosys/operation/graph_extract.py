@@ -81,8 +81,10 @@ agreed same me too both all some any every each one two three first then now onc
 speaking being having getting going keep keeping take taking make making thinking
 super art life music work hope love fun wow yay aww ah uh um nah hmm yup alright cheers
 whoa oops ugh bye see talk tell look let try stay enjoy check remember guess wish mine
-kinda gonna wanna gotta even still only much very quite pretty lots lot new old big
+kinda gonna wanna gotta even still only much very quite pretty lots lot
 """.split())
+_ALONE_NOT_NAMES = frozenset("new old big little great north south east west".split())
+"""Words that start names ("New York") but are none on their own."""
 _MONTHS_DAYS = frozenset("""monday tuesday wednesday thursday friday saturday sunday january
 february march april may june july august september october november december""".split())
 _ORG_SUFFIX = frozenset("""agency university college school inc corp corporation company
@@ -130,6 +132,15 @@ _RELATIONS: list[tuple[re.Pattern[str], str, bool]] = [
     (re.compile(rf"\b(?:(?P<s>{_NAME})\s+)?(?:love|loves|like|likes|enjoy|enjoys|adore|adores)"
                 rf"\s+(?P<o>{_NAME})"), "likes", False),
 ]
+
+_TRIGGERS: list[tuple[str, ...]] = [
+    ("my ", "our "), ("my ",), ("'s ", "\u2019s "), ("live", "settled"),
+    ("moved", "relocated", "moving"),
+    ("work", "job", "hired", "employed"), ("work",), ("from",), ("grew up",), ("married",),
+    ("visit", "went to", "traveled", "travelled", "was in", "trip to"),
+    ("love", "like", "enjoy", "adore"),
+]
+"""Words each of `_RELATIONS` needs (same order): a substring test skips the regex."""
 
 EPISODE_CONFIDENCE = 0.6
 EXTRACTED_CONFIDENCE = 0.85
@@ -190,7 +201,8 @@ def named_entities(text: str, known: set[str] | None = None) -> list[EntityRef]:
             name = " ".join(words).strip("'\u2019-&")
             name = re.sub(r"(?:'s|\u2019s|')$", "", name)
             key = entity_key(name)
-            if not key or key in _NOT_NAMES or len(key) < 2 or key.isdigit():
+            if not key or key in _NOT_NAMES or key in _ALONE_NOT_NAMES or len(key) < 2 \
+                    or key.isdigit():
                 continue
             first_word = n == 0 and len(words) == len(span.split())
             if first_word and len(words) == 1 and key not in known_keys \
@@ -222,7 +234,10 @@ def relative_references(text: str, speaker: str | None) -> list[EntityRef]:
 def _sentence_relations(sentence: str, speaker: str | None,
                         confidence: float) -> list[RelationRef]:
     out: list[RelationRef] = []
-    for pattern, predicate, functional in _RELATIONS:
+    lower = sentence.lower()
+    for (pattern, predicate, functional), triggers in zip(_RELATIONS, _TRIGGERS, strict=True):
+        if not any(t in lower for t in triggers):
+            continue  # cheap test first: most sentences state no relation
         for match in pattern.finditer(sentence):
             groups = match.groupdict()
             subject = _clean_name(groups.get("s")) or speaker

@@ -42,7 +42,9 @@ class GraphSearchConfig:
     """0: only memories of the linked entities; 1: also of their RELATION neighbours."""
     hop_decay: float = 0.5
     max_share: float = 0.05
-    """Entities mentioned by more than this share of a cube's memories are not used."""
+    """Entities mentioned by more than this share of a cube's memories (and by more than
+    `min_mentions`) are not used: in a chat, the speakers."""
+    min_mentions: int = 20
     per_entity: int = 50
     """Memories taken per linked entity (newest first)."""
     max_candidates: int = 100
@@ -123,6 +125,6 @@ class GraphStage:
 
     def _rarity(self, entity: Entity, total: int) -> float:
         mentions = max(1, entity.mentions)
-        if mentions > self.config.max_share * total:
+        if mentions > max(self.config.max_share * total, self.config.min_mentions):
             return 0.0
         return math.log(total / mentions) / math.log(total)

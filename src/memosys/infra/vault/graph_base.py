@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from functools import lru_cache
 
 from memosys.types import MemoryItem
 
@@ -84,6 +85,7 @@ GraphDeriver = Callable[[MemoryItem], MemoryGraph]
 """What one memory contributes to the graph; must be deterministic (rebuilds rely on it)."""
 
 
+@lru_cache(maxsize=65_536)
 def entity_key(name: str) -> str:
     """Case, spacing, possessives and a leading article do not make another entity."""
     words = name.replace("\u2019", "'").lower().split()

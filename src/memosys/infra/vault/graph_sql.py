@@ -100,11 +100,13 @@ class _Resolver:
     def lookup(self, key: str) -> str | None:
         if key in self.cache:
             return self.cache[key]
+        # The entity created under this key, else one that has been called so (an alias).
         found = self.db.rows(
-            "SELECT entity_id, count(*) AS n FROM graph_mentions WHERE cube_id = ? AND key = ? "
-            "GROUP BY entity_id ORDER BY n DESC, entity_id LIMIT 1",
+            "SELECT id FROM graph_entities WHERE cube_id = ? AND key = ? ORDER BY id LIMIT 1",
             (self.cube_id, key),
-        )
+        ) or self.db.rows(
+            "SELECT entity_id FROM graph_mentions WHERE cube_id = ? AND key = ? "
+            "ORDER BY entity_id LIMIT 1", (self.cube_id, key))
         if found:
             self.cache[key] = found[0][0]
             return found[0][0]
@@ -129,11 +131,8 @@ class _Resolver:
         if len(words) > 1:
             return self.lookup(words[0]) if self._is_person(self.lookup(words[0])) else None
         rows = self.db.rows(
-            "SELECT DISTINCT m.entity_id FROM graph_mentions m JOIN graph_entities e "
-            "ON e.id = m.entity_id WHERE m.cube_id = ? AND m.key LIKE ? AND e.type = 'person' "
-            "LIMIT 2",
-            (self.cube_id, key.replace("%", "").replace("_", "") + " %"),
-        )
+            "SELECT id FROM graph_entities WHERE cube_id = ? AND head = ? AND key <> head "
+            "AND type = 'person' LIMIT 2", (self.cube_id, key))
         return rows[0][0] if len(rows) == 1 else None
 
     def _is_person(self, entity_id: str | None) -> bool:
@@ -176,13 +175,13 @@ class _Resolver:
                 break
             salt += 1
         self.db.run(
-            "INSERT INTO graph_entities (id, cube_id, name, key, type, owner_id, role, mentions)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
-            (eid, self.cube_id, name, key, etype.value, owner, role),
+            "INSERT INTO graph_entities (id, cube_id, name, key, head, type, owner_id, role, "
+            "mentions) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+            (eid, self.cube_id, name, key, key.split()[0], etype.value, owner, role),
         )
         return eid
 
-    def merge_placeholder(self, owner: str, role: str, target: str) -> None:
+    def merge_placeholder(self, owner: str, role: str, target: str) -> bool:
         """The conversation said who `owner`'s `role` is: the placeholder entity becomes
         that entity (its mentions and relations move over)."""
         rows = self.db.rows(
@@ -193,6 +192,7 @@ class _Resolver:
             for key, value in list(self.cache.items()):
                 if value == placeholder:
                     self.cache[key] = target
+        return bool(rows)
 
 
 def merge_entity(db: GraphDB, source: str, target: str) -> None:
@@ -314,20 +314,28 @@ def on_commit(db: GraphDB, cube_id: str, items: Sequence[tuple[MemoryItem, bool]
     if derived:
         db.many("INSERT INTO graph_derived (item_id, source_id, cube_id) VALUES (?, ?, ?) "
                 "ON CONFLICT DO NOTHING", derived)
-    added: set[str] = set()
     if deriver is not None:
-        added, new_groups = _add_content(db, cube_id, items, deriver)
+        added, dirty, new_groups = _add_content(db, cube_id, items, deriver)
         groups |= new_groups
-    if added:
-        _recount(db, list(added - lost))
+        # The batch's memories had no mentions left (removed above): each new one counts.
+        bumps = [(len(ids), eid) for eid, ids in added.items()
+                 if eid not in lost and eid not in dirty]
+        if bumps:
+            db.many("UPDATE graph_entities SET mentions = mentions + ? WHERE id = ?", bumps)
+        _recount(db, list(dirty - lost))
     _tidy_entities(db, lost)
     _revalidate(db, groups)
 
 
 def _add_content(db: GraphDB, cube_id: str, items: Sequence[tuple[MemoryItem, bool]],
-                 deriver: GraphDeriver) -> tuple[set[str], set[tuple[str, str, str]]]:
+                 deriver: GraphDeriver
+                 ) -> tuple[dict[str, set[str]], set[str], set[tuple[str, str, str]]]:
+    """Mentions and relations of the active memories; returns the memories now
+    mentioning each entity, the entities that must be recounted (merge targets), and the
+    relation groups touched."""
     resolver = _Resolver(db, cube_id)
-    touched: set[str] = set()
+    touched: dict[str, set[str]] = {}
+    dirty: set[str] = set()
     groups: set[tuple[str, str, str]] = set()
     for item, _ in items:
         if item.state != MemoryState.ACTIVE:
@@ -353,7 +361,8 @@ def _add_content(db: GraphDB, cube_id: str, items: Sequence[tuple[MemoryItem, bo
                 "INSERT INTO graph_mentions (cube_id, item_id, item_version, entity_id, surface,"
                 " key, speaker) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 list(mentions.values()))
-            touched.update(eid for eid, _ in mentions)
+            for eid, _ in mentions:
+                touched.setdefault(eid, set()).add(item.id)
         rows = []
         for rel in graph.relations:
             subject = ids.get(entity_key(rel.subject))
@@ -364,15 +373,17 @@ def _add_content(db: GraphDB, cube_id: str, items: Sequence[tuple[MemoryItem, bo
                          item.event_time.timestamp(), _ts(item.valid_to), _ts(item.valid_to),
                          float(rel.confidence), int(rel.functional), item.id, item.version))
             groups.add((cube_id, subject, rel.predicate))
-            resolver.merge_placeholder(subject, rel.predicate, obj)
+            if resolver.merge_placeholder(subject, rel.predicate, obj):
+                dirty.add(obj)  # recounted after the batch
         if rows:
             db.many(
                 "INSERT INTO graph_relations (id, cube_id, subject_id, predicate, object_id, "
                 "valid_from, valid_to, source_valid_to, confidence, functional, item_id, "
                 "item_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-    # merges may have removed entities touched earlier in the batch
-    return {e for e in touched if db.rows("SELECT 1 FROM graph_entities WHERE id = ?", (e,))}, \
-        groups
+    for gone in [e for e in touched if e not in dirty and not db.rows(
+            "SELECT 1 FROM graph_entities WHERE id = ?", (e,))]:
+        del touched[gone]  # merged away
+    return touched, dirty, groups
 
 
 def on_purge(db: GraphDB, ids: Sequence[str]) -> None:
@@ -478,7 +489,15 @@ class SQLGraph(GraphStore):
         keys = {n: entity_key(n) for n in names if n and n.strip()}
         with self._graph_read() as db:
             best: dict[str, str] = {}
-            for chunk in _chunks(sorted(set(keys.values()))):
+            wanted = sorted(set(keys.values()))
+            for chunk in _chunks(wanted):
+                where, params = db.any_of("key", chunk)
+                for key, eid in db.rows(
+                        f"SELECT key, id FROM graph_entities WHERE cube_id = ? AND {where} "
+                        "ORDER BY id DESC", (cube_id, *params)):
+                    best[key] = eid  # descending: the smallest id is written last
+            # the rest by alias: the entity most often called so
+            for chunk in _chunks([k for k in wanted if k not in best]):
                 where, params = db.any_of("key", chunk)
                 for key, eid, _n in db.rows(
                         "SELECT key, entity_id, count(*) AS n FROM graph_mentions WHERE "
@@ -547,28 +566,55 @@ class SQLGraph(GraphStore):
                                 r.predicate, r.object.name))
         return out
 
+    @staticmethod
+    def _walk(db: GraphDB, cube_id: str, start: str, hops: int) -> dict[str, int]:
+        """Hop distance of every entity within `hops` RELATION edges (either direction),
+        by a recursive query; (entity, hops) pairs are kept once, so hubs cannot make the
+        walk explode into every path."""
+        rows = db.rows(
+            "WITH RECURSIVE walk(id, hops) AS ("
+            " SELECT CAST(? AS TEXT), 0"
+            " UNION"
+            " SELECT CASE WHEN r.subject_id = walk.id THEN r.object_id ELSE r.subject_id END,"
+            " walk.hops + 1"
+            " FROM walk JOIN graph_relations r ON (r.subject_id = walk.id OR"
+            " r.object_id = walk.id) AND r.cube_id = ? WHERE walk.hops < ?)"
+            " SELECT id, min(hops) FROM walk GROUP BY id",
+            (start, cube_id, int(hops)))
+        return {eid: int(n) for eid, n in rows}
+
+    @staticmethod
+    def _edges_of(db: GraphDB, cube_id: str, ids: Sequence[str]
+                  ) -> list[tuple[str, str, str, float]]:
+        out: list[tuple[str, str, str, float]] = []
+        for chunk in _chunks(sorted(ids)):
+            w1, p1 = db.any_of("subject_id", chunk)
+            w2, p2 = db.any_of("object_id", chunk)
+            out.extend((r[0], r[1], r[2], float(r[3])) for r in db.rows(
+                "SELECT subject_id, predicate, object_id, confidence FROM graph_relations "
+                f"WHERE cube_id = ? AND ({w1} OR {w2}) ORDER BY id", (cube_id, *p1, *p2)))
+        return out
+
     def graph_neighbours(self, cube_id: str, entity_id: str, *, hops: int = 1,
                          limit: int = 50, co_mentions: bool = True) -> list[Neighbour]:
         if not 1 <= hops <= MAX_HOPS:
             raise ValidationError(f"hops must be between 1 and {MAX_HOPS}, got {hops}")
         best: dict[str, tuple[int, float, str]] = {}
         with self._graph_read() as db:
-            rows = db.rows(
-                "WITH RECURSIVE walk(id, hops, via, w) AS ("
-                " SELECT CAST(? AS TEXT), 0, CAST('' AS TEXT), CAST(1.0 AS DOUBLE PRECISION)"
-                " UNION"
-                " SELECT CASE WHEN r.subject_id = walk.id THEN r.object_id ELSE r.subject_id"
-                " END, walk.hops + 1, r.predicate, walk.w * r.confidence"
-                " FROM walk JOIN graph_relations r ON (r.subject_id = walk.id OR "
-                " r.object_id = walk.id) AND r.cube_id = ? WHERE walk.hops < ?)"
-                " SELECT id, hops, via, w FROM walk WHERE hops > 0",
-                (entity_id, cube_id, int(hops)))
-            for eid, n, via, w in rows:
-                if eid == entity_id:
-                    continue
-                old = best.get(eid)
-                if old is None or (n, -w) < (old[0], -old[1]):
-                    best[eid] = (int(n), float(w), via)
+            dist = self._walk(db, cube_id, entity_id, hops)
+            weight = {entity_id: 1.0}
+            for layer in range(1, hops + 1):
+                nodes = [e for e, n in dist.items() if n == layer]
+                if not nodes:
+                    break
+                at_layer = set(nodes)
+                for s, p, o, conf in self._edges_of(db, cube_id, nodes):
+                    for near, far in ((s, o), (o, s)):
+                        if far in at_layer and dist.get(near) == layer - 1 and near in weight:
+                            w = weight[near] * conf
+                            if far not in best or w > best[far][1]:
+                                best[far] = (layer, w, p)
+                                weight[far] = w
             if co_mentions:
                 # Co-mentioned entities are one hop away, weighted by how often.
                 total = db.rows("SELECT mentions FROM graph_entities WHERE id = ?",
@@ -580,10 +626,10 @@ class SQLGraph(GraphStore):
                         "WHERE m1.entity_id = ? AND m2.entity_id <> ? GROUP BY m2.entity_id "
                         "ORDER BY n DESC, m2.entity_id LIMIT ?",
                         (entity_id, entity_id, int(limit))):
-                    w = min(1.0, together / denom)
                     old = best.get(eid)
-                    if old is None or (1, -w) < (old[0], -old[1]):
-                        best[eid] = (1, w, "co-mention")
+                    if old is None or old[0] > 1:  # a relation at one hop says more
+                        best[eid] = (1, min(1.0, together / denom), "co-mention")
+            best.pop(entity_id, None)
             ranked = sorted(best.items(), key=lambda kv: (kv[1][0], -kv[1][1], kv[0]))[:limit]
             entities = self._entities(db, [eid for eid, _ in ranked])
         return [Neighbour(entities[eid], n, via, w) for eid, (n, w, via) in ranked
@@ -593,36 +639,27 @@ class SQLGraph(GraphStore):
                    max_hops: int = MAX_HOPS) -> list[tuple[Entity, str]] | None:
         if not 1 <= max_hops <= MAX_HOPS:
             raise ValidationError(f"max_hops must be between 1 and {MAX_HOPS}")
-        if source_id == target_id:
-            found = self._path_entities([source_id])
-            return [(found[source_id], "")] if source_id in found else None
         with self._graph_read() as db:
-            rows = db.rows(
-                "WITH RECURSIVE walk(id, hops, trail, preds) AS ("
-                " SELECT CAST(? AS TEXT), 0, CAST(? AS TEXT), CAST('' AS TEXT)"
-                " UNION ALL"
-                " SELECT CASE WHEN r.subject_id = walk.id THEN r.object_id ELSE r.subject_id"
-                " END, walk.hops + 1,"
-                " walk.trail || ',' || CASE WHEN r.subject_id = walk.id THEN r.object_id"
-                " ELSE r.subject_id END, walk.preds || '|' || r.predicate"
-                " FROM walk JOIN graph_relations r ON (r.subject_id = walk.id OR"
-                " r.object_id = walk.id) AND r.cube_id = ?"
-                " WHERE walk.hops < ? AND walk.id <> ? AND walk.trail NOT LIKE"
-                " '%' || CASE WHEN r.subject_id = walk.id THEN r.object_id ELSE r.subject_id"
-                " END || '%')"
-                " SELECT trail, preds FROM walk WHERE id = ? ORDER BY hops, trail LIMIT 1",
-                (source_id, source_id, cube_id, int(max_hops), target_id, target_id))
-        if not rows:
-            return None
-        trail, preds = rows[0]
-        ids = trail.split(",")
-        predicates = [""] + preds.split("|")[1:]
-        found = self._path_entities(ids)
-        return [(found[i], p) for i, p in zip(ids, predicates, strict=True) if i in found]
-
-    def _path_entities(self, ids: list[str]) -> dict[str, Entity]:
-        with self._graph_read() as db:
-            return self._entities(db, ids)
+            dist = self._walk(db, cube_id, source_id, max_hops)
+            if target_id not in dist:
+                return None
+            # Walk back from the target, one layer nearer the source each step (the most
+            # confident edge, then the smallest id, so the answer is deterministic).
+            steps: list[tuple[str, str]] = []
+            here = target_id
+            while dist[here] > 0:
+                options = []
+                for s, p, o, conf in self._edges_of(db, cube_id, [here]):
+                    other = o if s == here else s
+                    if dist.get(other) == dist[here] - 1:
+                        options.append((-conf, other, p))
+                _, prev, predicate = min(options)
+                steps.append((here, predicate))
+                here = prev
+            steps.append((source_id, ""))
+            steps.reverse()
+            found = self._entities(db, [e for e, _ in steps])
+        return [(found[e], p) for e, p in steps if e in found]
 
     def graph_mentioning(self, entity_ids: list[str], *, limit: int = 200
                          ) -> dict[str, list[str]]:

@@ -17,6 +17,7 @@ CREATE TABLE graph_entities (
     cube_id text NOT NULL,
     name text NOT NULL,
     key text NOT NULL,
+    head text NOT NULL,
     type text NOT NULL,
     owner_id text,
     role text,
@@ -24,6 +25,8 @@ CREATE TABLE graph_entities (
 );
 CREATE INDEX graph_entities_cube ON graph_entities (cube_id, mentions);
 CREATE INDEX graph_entities_role ON graph_entities (owner_id, role);
+CREATE INDEX graph_entities_key ON graph_entities (cube_id, key);
+CREATE INDEX graph_entities_head ON graph_entities (cube_id, head);
 
 CREATE TABLE graph_mentions (
     cube_id text NOT NULL,

@@ -18,6 +18,7 @@ CREATE TABLE IF NOT EXISTS graph_entities (
     cube_id TEXT NOT NULL,
     name TEXT NOT NULL,
     key TEXT NOT NULL,
+    head TEXT NOT NULL,
     type TEXT NOT NULL,
     owner_id TEXT,
     role TEXT,
@@ -25,6 +26,8 @@ CREATE TABLE IF NOT EXISTS graph_entities (
 );
 CREATE INDEX IF NOT EXISTS graph_entities_cube ON graph_entities(cube_id, mentions);
 CREATE INDEX IF NOT EXISTS graph_entities_role ON graph_entities(owner_id, role);
+CREATE INDEX IF NOT EXISTS graph_entities_key ON graph_entities(cube_id, key);
+CREATE INDEX IF NOT EXISTS graph_entities_head ON graph_entities(cube_id, head);
 CREATE TABLE IF NOT EXISTS graph_mentions (
     cube_id TEXT NOT NULL,
     item_id TEXT NOT NULL,
