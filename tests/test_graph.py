@@ -170,3 +170,25 @@ def test_cli_graph_commands(home: Path, embedder) -> None:
     missing = runner.invoke(app, ["graph", "entity", "Nobody", "-c", "conv", "--home",
                                   str(home)])
     assert missing.exit_code == NotFoundError.exit_code
+
+
+def test_reader_style_facts_keep_history_when_invalidated(mos: MemOS) -> None:
+    """MemReader facts (third person, metadata "about"): when a new fact contradicts an
+    old one, the reader invalidates the old memory with a valid_to; its relation stays as
+    history and "as of" questions answer both dates."""
+    mos.create_cube("facts")
+    [old] = mos.add_items("facts", [MemoryItem(
+        cube_id="x", text="Works at Acme Corp.", memory_type=MemoryType.FACT,
+        valid_from=JAN, metadata={"about": "Caroline"})])
+    [new] = mos.add_items("facts", [MemoryItem(
+        cube_id="x", text="Caroline works at Globex Inc.", memory_type=MemoryType.FACT,
+        valid_from=JUN, supersedes=old.id, metadata={"about": "Caroline"})])
+    mos.update(old.id, state="invalidated", valid_to=JUN)
+    facts = mos.graph.facts("facts", "Caroline", predicate="works_at")
+    assert [(r.object.name, r.valid_to, r.sources[0][0]) for r in facts] == [
+        ("Acme Corp", JUN, old.id), ("Globex Inc", None, new.id)]
+    assert facts[0].confidence > 0.8  # an extracted fact, not a raw turn
+    assert [r.object.name for r in mos.graph.facts(
+        "facts", "Caroline", as_of=datetime(2023, 3, 1, tzinfo=UTC))] == ["Acme Corp"]
+    mos.delete(old.id)  # deleted (not merely invalidated): no longer part of the graph
+    assert [r.object.name for r in mos.graph.facts("facts", "Caroline")] == ["Globex Inc"]

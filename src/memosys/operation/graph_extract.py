@@ -20,7 +20,10 @@ and is deterministic (rebuilds rely on that):
 - the **speaker** of a chat message (metadata "speaker") is an entity of the memory too.
 
 Memories extracted by the MemReader (fact, preference, event types, written in the third
-person: "Caroline lives in Paris") go through the same patterns with a higher confidence.
+person: "Caroline lives in Paris", with `metadata["about"]` naming the person) go through
+the same patterns with a higher confidence, `about` standing in for the speaker. When the
+MemReader contradicts a fact it invalidates the old memory with a `valid_to`: its
+relations stay as history and end then.
 """
 
 from __future__ import annotations
@@ -61,7 +64,9 @@ for _alias, _canon in (("mom", "mother"), ("mum", "mother"), ("mommy", "mother")
 FUNCTIONAL_ROLES = frozenset({"mother", "father", "husband", "wife", "partner", "boyfriend",
                               "girlfriend", "fiance", "boss"})
 """One at a time: a new one replaces the old in "as of" queries."""
-_NAMEABLE_ROLES = frozenset(r for r, t in _ROLES.values() if t == EntityType.PERSON) | {
+_GROUP_ROLES = frozenset("kids family parents siblings friends grandkids".split())
+_NAMEABLE_ROLES = frozenset(r for r, t in _ROLES.values()
+                            if t == EntityType.PERSON and r not in _GROUP_ROLES) | {
     "dog", "cat", "puppy", "kitten", "pet", "horse", "band", "team", "company", "school"}
 
 # Capitalised words that are not names when they open a sentence (or stand alone).
@@ -81,7 +86,9 @@ agreed same me too both all some any every each one two three first then now onc
 speaking being having getting going keep keeping take taking make making thinking
 super art life music work hope love fun wow yay aww ah uh um nah hmm yup alright cheers
 whoa oops ugh bye see talk tell look let try stay enjoy check remember guess wish mine
-kinda gonna wanna gotta even still only much very quite pretty lots lot
+kinda gonna wanna gotta even still only much very quite pretty lots lot woohoo yay
+mon tue tues wed thu thur thurs fri sat sun summer winter spring autumn fall whenever
+perfect identity
 """.split())
 _ALONE_NOT_NAMES = frozenset("new old big little great north south east west".split())
 """Words that start names ("New York") but are none on their own."""
@@ -151,6 +158,8 @@ def extract_graph(item: MemoryItem) -> MemoryGraph:
     """The `GraphDeriver` installed by the runtime (deterministic, no model)."""
     speaker = item.metadata.get("speaker")
     speaker = speaker if isinstance(speaker, str) and speaker.strip() else None
+    about = item.metadata.get("about")
+    about = about if isinstance(about, str) and about.strip() else None
     text = body_text(item)
     graph = MemoryGraph()
     seen: set[str] = set()
@@ -163,17 +172,22 @@ def extract_graph(item: MemoryItem) -> MemoryGraph:
 
     if speaker:
         add(EntityRef(speaker, EntityType.PERSON, speaker=True))
+    elif about:  # a MemReader fact: the person it is about
+        add(EntityRef(about, EntityType.PERSON))
     for ref in named_entities(text, known={speaker} if speaker else set()):
         add(ref)
-    for ref in relative_references(text, speaker):
+    for ref in relative_references(text, speaker or about):
         add(ref)
     confidence = EPISODE_CONFIDENCE if item.memory_type == MemoryType.EPISODE \
         else EXTRACTED_CONFIDENCE
     for sentence in _SENTENCE.split(text):
-        for rel in _sentence_relations(sentence, speaker, confidence):
-            for name, etype in ((rel.subject, EntityType.PERSON), (rel.object, None)):
-                if entity_key(name) not in seen:
-                    add(EntityRef(name, etype or _guess_object_type(rel.predicate)))
+        for rel in _sentence_relations(sentence, speaker or about, confidence):
+            if entity_key(rel.subject) not in seen:
+                continue
+            if entity_key(rel.object) not in seen:
+                if rel.predicate != "job":
+                    continue  # the object must be a name found in the text
+                add(EntityRef(rel.object, EntityType.CONCEPT))
             if rel not in graph.relations:
                 graph.relations.append(rel)
     return graph
@@ -191,7 +205,7 @@ def named_entities(text: str, known: set[str] | None = None) -> list[EntityRef]:
                 continue
             words = span.split()
             # An opening function word ("Thanks Melanie", "The Louvre") is not the name.
-            while words and words[0].lower().rstrip("'s") in _NOT_NAMES:
+            while words and entity_key(words[0]) in _NOT_NAMES:
                 words = words[1:]
             while words and (words[-1].lower() in {"of", "de", "the"}
                              or entity_key(words[-1]) in _NOT_NAMES):
@@ -204,12 +218,19 @@ def named_entities(text: str, known: set[str] | None = None) -> list[EntityRef]:
             if not key or key in _NOT_NAMES or key in _ALONE_NOT_NAMES or len(key) < 2 \
                     or key.isdigit():
                 continue
-            first_word = n == 0 and len(words) == len(span.split())
-            if first_word and len(words) == 1 and key not in known_keys \
-                    and not _looks_like_name(name):
-                continue  # a capitalised sentence opener, most likely an ordinary word
+            if re.search(r"['\u2019](?!s\b)", name):
+                continue  # a contraction ("They've", "How'd"), not a name
             prev = tokens[n - 1].group(0).lower() if n > 0 else ""
-            out.append(EntityRef(name, _entity_type(words, prev)))
+            opener = (n == 0 or prev in ".!?;:") and len(words) == len(span.split())
+            weak = False
+            if len(words) == 1 and key not in known_keys and key.endswith(("ing", "ly", "ed")):
+                continue  # "Knowing", "Honestly": names rarely end so
+            if opener and len(words) == 1 and key not in known_keys:
+                if not _looks_like_name(name):
+                    continue  # "Painting is fun": an ordinary word
+                # "Appreciate it!": a name only if the cube already knows it as one
+                weak = True
+            out.append(EntityRef(name, _entity_type(words, prev), weak=weak))
     return out
 
 
@@ -234,6 +255,10 @@ def relative_references(text: str, speaker: str | None) -> list[EntityRef]:
 def _sentence_relations(sentence: str, speaker: str | None,
                         confidence: float) -> list[RelationRef]:
     out: list[RelationRef] = []
+    sentence = sentence.strip()
+    first = sentence.split(" ", 1)[0].strip(",.!?")
+    if first[:1].isupper() and (entity_key(first) in _NOT_NAMES or not _looks_like_name(first)):
+        sentence = sentence[:1].lower() + sentence[1:]  # "Works at Acme" is no name
     lower = sentence.lower()
     for (pattern, predicate, functional), triggers in zip(_RELATIONS, _TRIGGERS, strict=True):
         if not any(t in lower for t in triggers):
@@ -294,6 +319,8 @@ _COMMON_ENDINGS = ("ing", "ed", "ly", "s", "tion", "ness", "ment", "ful", "ity",
 
 def _entity_type(words: list[str], prev: str) -> EntityType:
     last = words[-1].lower()
+    if len(words) == 1 and len(words[0]) > 1 and words[0].isupper():
+        return EntityType.CONCEPT  # an acronym: LGBTQ, NASA
     if last in _ORG_SUFFIX or any(w.lower() in _ORG_SUFFIX for w in words[1:]):
         return EntityType.ORGANISATION
     if last in _EVENT_WORDS or any(w.lower() in _MONTHS_DAYS for w in words):

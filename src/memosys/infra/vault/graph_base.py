@@ -17,9 +17,11 @@ Nodes and edges (docs/graph.md):
 What a memory contributes is computed by a *deriver* (`GraphDeriver`, LLM-free by default:
 `memosys.operation.graph_extract`), which the runtime installs on the vault. The vault
 calls it inside `commit`, so an add, edit, rollback or delete changes the memory's edges in
-the same transaction as the memory itself; a memory that is not active contributes no
-MENTIONS or RELATION edges. `purge` erases every edge of the purged memories and every
-entity no remaining memory mentions, and renames entities whose name came only from them.
+the same transaction as the memory itself. A deleted memory contributes no MENTIONS or
+RELATION edges; an invalidated or superseded one keeps them as history (its relations end
+at its `valid_to`), so "as of" questions about the past still find them. `purge` erases
+every edge of the purged memories and every entity no remaining memory mentions, and
+renames entities whose name came only from them.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ class EntityRef:
     role: str | None = None
     speaker: bool = False
     """The memory's speaker (said by), not named in its text."""
+    weak: bool = False
+    """Only a guess (a capitalised sentence opener): kept only if the cube already knows
+    an entity of that name, never creates one."""
 
     @property
     def key(self) -> str:

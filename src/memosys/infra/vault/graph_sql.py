@@ -122,8 +122,23 @@ class _Resolver:
             found = self._by_first_name(key)
         if found is None:
             found = self._create(key, ref.name, ref.type)
+            if ref.type == EntityType.PERSON and " " not in key and len(key) > 3:
+                self._absorb_short_form(key, found)
         self.cache[key] = found
         return found
+
+    def _absorb_short_form(self, key: str, new: str) -> None:
+        """"Mel" was met before "Melanie": the short form's entity becomes the new one."""
+        rows = self.db.rows(
+            "SELECT id FROM graph_entities WHERE cube_id = ? AND type = 'person' AND role IS "
+            "NULL AND key = head AND length(head) >= 3 AND length(head) < ? AND "
+            "substr(?, 1, length(head)) = head AND id <> ? LIMIT 2",
+            (self.cube_id, len(key), key, new))
+        if len(rows) == 1:
+            merge_entity(self.db, rows[0][0], new)
+            for k, value in list(self.cache.items()):
+                if value == rows[0][0]:
+                    self.cache[k] = new
 
     def _by_first_name(self, key: str) -> str | None:
         """"Melanie" and "Melanie Smith" are one person when the cube knows one such."""
@@ -133,6 +148,14 @@ class _Resolver:
         rows = self.db.rows(
             "SELECT id FROM graph_entities WHERE cube_id = ? AND head = ? AND key <> head "
             "AND type = 'person' LIMIT 2", (self.cube_id, key))
+        if not rows and len(key) >= 3:
+            # a short form of one known first name: "Mel" for Melanie, "Caro" for Caroline
+            rows = self.db.rows(
+                "SELECT DISTINCT head FROM graph_entities WHERE cube_id = ? AND type = 'person'"
+                " AND role IS NULL AND length(head) > ? AND substr(head, 1, ?) = ? LIMIT 2",
+                (self.cube_id, len(key), len(key), key))
+            if len(rows) == 1:
+                return self.lookup(rows[0][0])
         return rows[0][0] if len(rows) == 1 else None
 
     def _is_person(self, entity_id: str | None) -> bool:
@@ -338,8 +361,8 @@ def _add_content(db: GraphDB, cube_id: str, items: Sequence[tuple[MemoryItem, bo
     dirty: set[str] = set()
     groups: set[tuple[str, str, str]] = set()
     for item, _ in items:
-        if item.state != MemoryState.ACTIVE:
-            continue
+        if item.state == MemoryState.DELETED:
+            continue  # invalidated/superseded memories stay as history (closed by valid_to)
         graph = deriver(item)
         ids: dict[str, str] = {}
         mentions: dict[tuple[str, str], tuple[Any, ...]] = {}
@@ -347,7 +370,13 @@ def _add_content(db: GraphDB, cube_id: str, items: Sequence[tuple[MemoryItem, bo
         for ref in sorted(graph.entities, key=lambda r: r.role is not None):
             if not ref.key:
                 continue
-            eid = resolver.resolve(ref)
+            if ref.weak:
+                found = resolver.lookup(ref.key)
+                if found is None:
+                    continue
+                eid = found
+            else:
+                eid = resolver.resolve(ref)
             ids[ref.key] = eid
             surface = ref.name if ref.role is None else f"{ref.owner}'s {ref.role}"
             mkey = (eid, ref.key)
