@@ -21,6 +21,8 @@ _ENV = {
     "llm_base_url": "MEMOSYS_LLM_BASE_URL",
     "llm_api_key": "MEMOSYS_LLM_API_KEY",
     "llm_cache_dir": "MEMOSYS_LLM_CACHE_DIR",
+    "graph": "MEMOSYS_GRAPH",
+    "graph_search": "MEMOSYS_GRAPH_SEARCH",
 }
 
 
@@ -45,6 +47,10 @@ class Settings:
     llm_api_key: str | None = None
     llm_cache_dir: Path | None = None
     """Where the local model's dequantized weights are cached (None: `<home>/models/...`)."""
+    graph: bool = True
+    """Keep the semantic graph (entities, relations) current as memories are written."""
+    graph_search: bool = False
+    """Add the graph stage to retrieval (docs/graph.md: measured, off by default)."""
 
     @property
     def sqlite_path(self) -> Path:
@@ -83,6 +89,20 @@ class Settings:
             raise ValidationError("ann_threshold must be an integer") from None
         if values.get("retrieval", "pipeline") not in ("pipeline", "hybrid", "conversational"):
             raise ValidationError("retrieval must be 'pipeline' or 'hybrid'")
+        for flag in ("graph", "graph_search"):
+            if flag in values:
+                values[flag] = _flag(flag, values[flag])
         if values.get("llm_cache_dir") is not None:
             values["llm_cache_dir"] = Path(values["llm_cache_dir"]).expanduser()
         return replace(settings, **values)
+
+
+def _flag(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValidationError(f"{name} must be on or off, got {value!r}")

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from memosys.memories.parametric import ParametricMemory
     from memosys.models.llm import LLM
     from memosys.operation.chat import ChatResult, ChatStream
+    from memosys.operation.graph import MemoryGraphAPI
     from memosys.operation.scheduler import MemScheduler
 
 _RETRIES = 12
@@ -126,6 +127,7 @@ class MemOS(GovernanceAPI):
             if self.settings.retrieval == "hybrid"
             else RetrievalConfig(),
         )
+        self._setup_graph()
 
     @classmethod
     def open(cls, home: str | Path | None = None, **overrides: Any) -> MemOS:
@@ -712,6 +714,26 @@ class MemOS(GovernanceAPI):
 
             self._parametric = ParametricMemory(self)
         return self._parametric  # type: ignore[return-value]
+    # --- semantic graph (memosys.operation.graph; docs/graph.md) ----------------------
+    def _setup_graph(self) -> None:
+        from memosys.infra.vault.graph_base import GraphStore
+
+        if self.settings.graph and isinstance(self.vault, GraphStore):
+            from memosys.operation.graph_extract import extract_graph
+
+            self.vault.set_graph_deriver(extract_graph)
+        if self.settings.graph_search:
+            from memosys.operation.graph_search import GraphStage
+
+            self.retriever.insert_stage(GraphStage(self.vault))
+
+    @property
+    def graph(self) -> MemoryGraphAPI:
+        """Entities, relations and their history in a cube (build, entity, neighbours,
+        facts as of a date, timeline, changes, path, memories)."""
+        from memosys.operation.graph import MemoryGraphAPI
+
+        return MemoryGraphAPI(self)
 
 
 def _backoff(attempt: int) -> None:

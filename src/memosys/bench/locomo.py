@@ -314,10 +314,12 @@ def run_locomo_bench(
     config: RetrievalConfig | None = None,
     embedder: Embedder | None = None,
     facts: bool = False,
+    graph: bool = False,
 ) -> LocomoReport:
     """Ingest, search every question, score; print tables and optionally write JSON.
 
-    `conversations` and `questions` (per conversation) limit the run for quick checks."""
+    `conversations` and `questions` (per conversation) limit the run for quick checks.
+    `graph`: add the graph stage (`memosys.operation.graph_search`) to the pipeline."""
     out = out or Console()
     data = Path(data)
     if not data.exists():
@@ -330,6 +332,10 @@ def run_locomo_bench(
         Settings.load(home), embedder=embedder
     ) as mos:
         mos.retriever.config = config
+        if graph:
+            from memosys.operation.graph_search import GraphStage
+
+            mos.retriever.insert_stage(GraphStage(mos.vault))
         cube_ids: dict[str, str] = {}
         turns = sum(len(c.turns) for c in convs)
         with _progress(out, "ingesting turns", turns) as advance:

@@ -22,6 +22,7 @@ from memosys.errors import MemosysError, ValidationError
 from memosys.interface.cli_db import db_app
 from memosys.interface.cli_exchange import register as register_exchange
 from memosys.interface.cli_governance import acting, register
+from memosys.interface.cli_graph import bench_graph, graph_app
 from memosys.interface.cli_mcp import mcp_command
 from memosys.interface.cli_parametric import register as register_parametric
 from memosys.interface.cli_serve import register as register_serve
@@ -44,6 +45,8 @@ register_exchange(app)
 register_serve(app, bench_app)
 register(app)  # users, keys, share, acl, policy, audit, lifecycle, review, feedback
 register_parametric(app, bench_app)
+app.add_typer(graph_app, name="graph")
+bench_app.command("graph")(bench_graph)
 
 out = Console()
 err = Console(stderr=True)
@@ -411,13 +414,16 @@ def bench_locomo(
     ablation: Annotated[bool, typer.Option(help="Re-run with each stage toggled.")] = False,
     facts: Annotated[bool, typer.Option(
         help="Also extract facts (MemReader) at ingestion: slow, about 1 s a turn.")] = False,
+    graph: Annotated[str, typer.Option(help="on: add the graph stage (docs/graph.md).")] = "off",
 ) -> None:
     """Evidence recall@k of LoCoMo questions, with BM25/dense baselines and ablation."""
     from memosys.bench.locomo import DEFAULT_LOCOMO, run_locomo_bench
 
+    if graph not in ("on", "off"):
+        raise typer.BadParameter("--graph must be on or off")
     try:
         run_locomo_bench(data or DEFAULT_LOCOMO, json_file, conversations, ablation, out,
-                         questions=questions, facts=facts)
+                         questions=questions, facts=facts, graph=graph == "on")
     except MemosysError as exc:
         err.print(f"[red]error[/red] ({exc.code}): {exc}")
         raise typer.Exit(exc.exit_code) from None

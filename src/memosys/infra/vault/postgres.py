@@ -42,6 +42,8 @@ from memosys.infra.vault.base import (
     VersionRecord,
     Write,
 )
+from memosys.infra.vault.graph_sql import SQLGraph, on_commit, on_purge
+from memosys.infra.vault.postgres_graph import PostgresGraphDB
 from memosys.infra.vault.postgres_import import PostgresImportMixin
 from memosys.infra.vault.postgres_jobs import JobsMixin
 from memosys.infra.vault.postgres_schema import (
@@ -78,7 +80,7 @@ class _Current:
     has_vector: bool
 
 
-class PostgresVault(SearchMixin, JobsMixin, PostgresImportMixin, Vault):
+class PostgresVault(SearchMixin, JobsMixin, PostgresImportMixin, SQLGraph, Vault):
     """`url`: a libpq URL (postgresql://user:pass@host:port/db?sslmode=...).
 
     `pool_size` bounds this process's connections. `migrate=False` refuses to open a
@@ -180,6 +182,16 @@ class PostgresVault(SearchMixin, JobsMixin, PostgresImportMixin, Vault):
     def _read(self, query: str | sql.Composable, params: Sequence[Any] = ()) -> list[Any]:
         with self.connection() as conn:
             return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+
+    @contextmanager
+    def _graph_read(self) -> Iterator[PostgresGraphDB]:
+        with self.connection() as conn:
+            yield PostgresGraphDB(conn)
+
+    @contextmanager
+    def _graph_write(self) -> Iterator[PostgresGraphDB]:
+        with self.connection() as conn, conn.transaction():
+            yield PostgresGraphDB(conn)
 
     def close(self) -> None:
         if not self._closed:
@@ -361,6 +373,10 @@ class PostgresVault(SearchMixin, JobsMixin, PostgresImportMixin, Vault):
                     "ON CONFLICT (item_id) DO UPDATE SET embedding = EXCLUDED.embedding",
                     [(item_id, cube_id, vec) for item_id, vec in new_vectors.items()],
                 )
+        # the memories' graph edges change in the same transaction (graph_base.py)
+        on_commit(PostgresGraphDB(conn), cube_id,
+                  [(item, kind == "insert") for item, kind in final.values()],
+                  self.graph_deriver)
         conn.execute(
             "UPDATE cubes SET clock = %s, doc_count = doc_count + %s, "
             "token_count = token_count - %s + "
@@ -475,6 +491,7 @@ class PostgresVault(SearchMixin, JobsMixin, PostgresImportMixin, Vault):
                     "token_count = token_count - %s WHERE id = %s",
                     [(n, tokens, cube_id) for cube_id, (n, tokens) in sorted(per_cube.items())],
                 )
+            on_purge(PostgresGraphDB(conn), found)
             return len(found)
 
         return self._tx(work)

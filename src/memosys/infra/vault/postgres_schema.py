@@ -16,6 +16,7 @@ import psycopg
 
 from memosys.errors import StorageError
 from memosys.infra.vault.postgres_governance import GOVERNANCE_SQL
+from memosys.infra.vault.postgres_graph import GRAPH_MIGRATION_SQL
 
 MIGRATION_LOCK = 0x6D656D6F73797301
 """pg_advisory_lock key ("memosys" + 1), per database."""
@@ -152,6 +153,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "durable background jobs", _V2),
     Migration(3, "governance: users, keys, cube ACLs, audit log, policies, reviews",
               GOVERNANCE_SQL),
+    Migration(4, "semantic graph: entities, mentions, relations, follows, derived",
+              GRAPH_MIGRATION_SQL),
 )
 LATEST = MIGRATIONS[-1].version
 

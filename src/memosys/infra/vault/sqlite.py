@@ -32,6 +32,8 @@ from memosys.infra.vault.base import (
     Write,
 )
 from memosys.infra.vault.fts_query import fts_match_expression
+from memosys.infra.vault.graph_sql import SQLGraph, on_commit, on_purge
+from memosys.infra.vault.sqlite_graph import GRAPH_SCHEMA, SQLiteGraphDB
 from memosys.infra.vault.sqlite_import import SQLiteImportMixin
 from memosys.infra.vault.vector_index import VectorIndex
 from memosys.types import CubeConfig, MemCube, MemoryItem, Stats, new_id
@@ -145,7 +147,7 @@ class _CubeVectors:
         self.lock = threading.Lock()
 
 
-class SQLiteVault(SQLiteImportMixin, Vault):
+class SQLiteVault(SQLiteImportMixin, SQLGraph, Vault):
     def __init__(self, path: str | Path, *, ann_threshold: int | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,6 +160,7 @@ class SQLiteVault(SQLiteImportMixin, Vault):
         self._closed = False
         # Idempotent DDL, run outside a transaction: executescript commits on its own.
         self._conn().executescript(_SCHEMA)
+        self._conn().executescript(GRAPH_SCHEMA)
         with self._write() as conn:
             found = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if found is None:
@@ -202,6 +205,15 @@ class SQLiteVault(SQLiteImportMixin, Vault):
             raise
         else:
             conn.execute("COMMIT")
+
+    @contextmanager
+    def _graph_read(self) -> Iterator[SQLiteGraphDB]:
+        yield SQLiteGraphDB(self._conn())
+
+    @contextmanager
+    def _graph_write(self) -> Iterator[SQLiteGraphDB]:
+        with self._write() as conn:
+            yield SQLiteGraphDB(conn)
 
     def close(self) -> None:
         with self._conns_lock:
@@ -267,6 +279,9 @@ class SQLiteVault(SQLiteImportMixin, Vault):
             conn.execute("UPDATE cubes SET clock = ? WHERE id = ?", (clock, cube_id))
             for write in writes:
                 stored.append(self._apply(conn, cube_id, clock, dim, write, now))
+            # the memories' graph edges change in the same transaction (graph_base.py)
+            on_commit(SQLiteGraphDB(conn), cube_id, [(i, i.version == 1) for i in stored],
+                      self.graph_deriver)
         return stored
 
     def _apply(
@@ -465,6 +480,7 @@ class SQLiteVault(SQLiteImportMixin, Vault):
                         (cube_id, rowid),
                     )
                     erased += 1
+            on_purge(SQLiteGraphDB(conn), [i for i in dict.fromkeys(ids)])
             if erased:
                 # FTS5 keeps deleted terms in old segments until they are merged.
                 conn.execute("INSERT INTO items_fts (items_fts) VALUES ('optimize')")

@@ -1,0 +1,737 @@
+"""The graph store in SQL that both backends run: one implementation of writes, entity
+resolution and recursive traversal, so SQLite and PostgreSQL cannot drift apart.
+
+Backends provide a `GraphDB` (how to run a statement on their connection, their
+placeholder style and their arrival-order column) and call `on_commit` / `on_purge` from
+inside their own write transactions. Times are stored as epoch seconds (double precision)
+so the SQL is the same on both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime
+from typing import Any
+
+from memosys.errors import ValidationError
+from memosys.infra.vault.graph_base import (
+    Entity,
+    EntityRef,
+    EntityType,
+    GraphDeriver,
+    GraphStats,
+    GraphStore,
+    Neighbour,
+    Relation,
+    entity_key,
+)
+from memosys.types import MemoryItem, MemoryState, new_id
+
+MAX_HOPS = 4
+_CHUNK = 500
+
+
+class GraphDB(ABC):
+    """One connection inside (or outside) a transaction, in `?` placeholder style."""
+
+    order_col: str
+    """The items column that gives arrival order ("rowid" in SQLite, "seq" in PostgreSQL)."""
+
+    @abstractmethod
+    def rows(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    @abstractmethod
+    def run(self, query: str, params: Sequence[Any] = ()) -> None: ...
+
+    @abstractmethod
+    def many(self, query: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+    @abstractmethod
+    def any_of(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        """`column IN (...)` for at most 500 values, in this dialect."""
+
+    def lock_cube(self, cube_id: str) -> bool:
+        """Serialise with the cube's writers (SQLite's write lock already does); False if
+        there is no such cube."""
+        return bool(self.rows("SELECT 1 FROM cubes WHERE id = ?", (cube_id,)))
+
+
+def _chunks(values: Sequence[Any]) -> Iterator[list[Any]]:
+    values = list(values)
+    for start in range(0, len(values), _CHUNK):
+        yield values[start : start + _CHUNK]
+
+
+def _ts(value: datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+def _dt(value: float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, UTC) if value is not None else None
+
+
+def _entity_id(cube_id: str, key: str, salt: int = 0) -> str:
+    """Deterministic, so a rebuild gives every entity the id it had."""
+    raw = f"{cube_id}\x00{key}\x00{salt}".encode()
+    return "e" + hashlib.sha1(raw).hexdigest()[:23]
+
+
+_ENTITY_COLS = "e.id, e.cube_id, e.name, e.type, e.mentions, e.owner_id, e.role"
+
+
+def _entity(row: Sequence[Any], aliases: tuple[str, ...] = ()) -> Entity:
+    eid, cube_id, name, etype, mentions, owner_id, role = row[:7]
+    return Entity(eid, cube_id, name, EntityType(etype), int(mentions or 0), aliases,
+                  owner_id, role)
+
+
+# --- writes --------------------------------------------------------------------------------
+class _Resolver:
+    """Name -> entity id within one cube for one batch, creating entities as needed."""
+
+    def __init__(self, db: GraphDB, cube_id: str) -> None:
+        self.db = db
+        self.cube_id = cube_id
+        self.cache: dict[str, str] = {}
+
+    def lookup(self, key: str) -> str | None:
+        if key in self.cache:
+            return self.cache[key]
+        # The entity created under this key, else one that has been called so (an alias).
+        found = self.db.rows(
+            "SELECT id FROM graph_entities WHERE cube_id = ? AND key = ? ORDER BY id LIMIT 1",
+            (self.cube_id, key),
+        ) or self.db.rows(
+            "SELECT entity_id FROM graph_mentions WHERE cube_id = ? AND key = ? "
+            "ORDER BY entity_id LIMIT 1", (self.cube_id, key))
+        if found:
+            self.cache[key] = found[0][0]
+            return found[0][0]
+        return None
+
+    def resolve(self, ref: EntityRef) -> str:
+        key = ref.key
+        if ref.role is not None and ref.owner is not None:
+            owner = self.resolve(EntityRef(ref.owner, EntityType.PERSON))
+            return self._role(owner, ref, key)
+        found = self.lookup(key)
+        if found is None and ref.type == EntityType.PERSON:
+            found = self._by_first_name(key)
+        if found is None:
+            found = self._create(key, ref.name, ref.type)
+            if ref.type == EntityType.PERSON and " " not in key and len(key) > 3:
+                self._absorb_short_form(key, found)
+        self.cache[key] = found
+        return found
+
+    def _absorb_short_form(self, key: str, new: str) -> None:
+        """"Mel" was met before "Melanie": the short form's entity becomes the new one."""
+        rows = self.db.rows(
+            "SELECT id FROM graph_entities WHERE cube_id = ? AND type = 'person' AND role IS "
+            "NULL AND key = head AND length(head) >= 3 AND length(head) < ? AND "
+            "substr(?, 1, length(head)) = head AND id <> ? LIMIT 2",
+            (self.cube_id, len(key), key, new))
+        if len(rows) == 1:
+            merge_entity(self.db, rows[0][0], new)
+            for k, value in list(self.cache.items()):
+                if value == rows[0][0]:
+                    self.cache[k] = new
+
+    def _by_first_name(self, key: str) -> str | None:
+        """"Melanie" and "Melanie Smith" are one person when the cube knows one such."""
+        words = key.split()
+        if len(words) > 1:
+            return self.lookup(words[0]) if self._is_person(self.lookup(words[0])) else None
+        rows = self.db.rows(
+            "SELECT id FROM graph_entities WHERE cube_id = ? AND head = ? AND key <> head "
+            "AND type = 'person' LIMIT 2", (self.cube_id, key))
+        if not rows and len(key) >= 3:
+            # a short form of one known first name: "Mel" for Melanie, "Caro" for Caroline
+            rows = self.db.rows(
+                "SELECT DISTINCT head FROM graph_entities WHERE cube_id = ? AND type = 'person'"
+                " AND role IS NULL AND length(head) > ? AND substr(head, 1, ?) = ? LIMIT 2",
+                (self.cube_id, len(key), len(key), key))
+            if len(rows) == 1:
+                return self.lookup(rows[0][0])
+        return rows[0][0] if len(rows) == 1 else None
+
+    def _is_person(self, entity_id: str | None) -> bool:
+        if entity_id is None:
+            return False
+        rows = self.db.rows("SELECT type FROM graph_entities WHERE id = ?", (entity_id,))
+        return bool(rows) and rows[0][0] == EntityType.PERSON.value
+
+    def _role(self, owner: str, ref: EntityRef, key: str) -> str:
+        cache_key = f"\x00role:{owner}:{ref.role}"
+        if cache_key in self.cache:
+            return self.cache[cache_key]
+        named = self.db.rows(
+            "SELECT object_id FROM graph_relations WHERE cube_id = ? AND subject_id = ? "
+            "AND predicate = ? AND valid_to IS NULL ORDER BY valid_from DESC, id DESC LIMIT 1",
+            (self.cube_id, owner, ref.role),
+        )
+        if named:
+            found = named[0][0]
+        else:
+            holder = self.db.rows(
+                "SELECT id FROM graph_entities WHERE cube_id = ? AND owner_id = ? AND role = ? "
+                "ORDER BY id LIMIT 1", (self.cube_id, owner, ref.role))
+            if holder:
+                found = holder[0][0]
+            else:
+                owner_name = self.db.rows(
+                    "SELECT name FROM graph_entities WHERE id = ?", (owner,))[0][0]
+                found = self._create(key, f"{owner_name}'s {ref.role}", ref.type,
+                                     owner=owner, role=ref.role)
+        self.cache[cache_key] = found
+        return found
+
+    def _create(self, key: str, name: str, etype: EntityType, *, owner: str | None = None,
+                role: str | None = None) -> str:
+        salt = 0
+        while True:
+            eid = _entity_id(self.cube_id, key, salt)
+            if not self.db.rows("SELECT 1 FROM graph_entities WHERE id = ?", (eid,)):
+                break
+            salt += 1
+        self.db.run(
+            "INSERT INTO graph_entities (id, cube_id, name, key, head, type, owner_id, role, "
+            "mentions) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+            (eid, self.cube_id, name, key, key.split()[0], etype.value, owner, role),
+        )
+        return eid
+
+    def merge_placeholder(self, owner: str, role: str, target: str) -> bool:
+        """The conversation said who `owner`'s `role` is: the placeholder entity becomes
+        that entity (its mentions and relations move over)."""
+        rows = self.db.rows(
+            "SELECT id FROM graph_entities WHERE cube_id = ? AND owner_id = ? AND role = ? "
+            "AND id <> ?", (self.cube_id, owner, role, target))
+        for (placeholder,) in rows:
+            merge_entity(self.db, placeholder, target)
+            for key, value in list(self.cache.items()):
+                if value == placeholder:
+                    self.cache[key] = target
+        return bool(rows)
+
+
+def merge_entity(db: GraphDB, source: str, target: str) -> None:
+    db.run("DELETE FROM graph_mentions WHERE entity_id = ? AND EXISTS (SELECT 1 FROM "
+           "graph_mentions t WHERE t.entity_id = ? AND t.item_id = graph_mentions.item_id "
+           "AND t.key = graph_mentions.key)", (source, target))
+    db.run("UPDATE graph_mentions SET entity_id = ? WHERE entity_id = ?", (target, source))
+    db.run("UPDATE graph_relations SET subject_id = ? WHERE subject_id = ?", (target, source))
+    db.run("UPDATE graph_relations SET object_id = ? WHERE object_id = ?", (target, source))
+    db.run("UPDATE graph_entities SET owner_id = ? WHERE owner_id = ?", (target, source))
+    db.run("DELETE FROM graph_entities WHERE id = ?", (source,))
+    _recount(db, [target])
+
+
+def _recount(db: GraphDB, entity_ids: Sequence[str]) -> None:
+    for chunk in _chunks(sorted(set(entity_ids))):
+        where, params = db.any_of("id", chunk)
+        db.run(
+            "UPDATE graph_entities SET mentions = (SELECT count(DISTINCT m.item_id) FROM "
+            f"graph_mentions m WHERE m.entity_id = graph_entities.id) WHERE {where}", params)
+
+
+def _remove_content(db: GraphDB, ids: Sequence[str]) -> tuple[set[str], set[tuple[str, str, str]]]:
+    """Drop MENTIONS and RELATION edges of these memories; returns the entities that lost
+    mentions and the (cube, subject, predicate) groups that lost relations."""
+    entities: set[str] = set()
+    groups: set[tuple[str, str, str]] = set()
+    for chunk in _chunks(ids):
+        where, params = db.any_of("item_id", chunk)
+        entities.update(r[0] for r in db.rows(
+            f"SELECT DISTINCT entity_id FROM graph_mentions WHERE {where}", params))
+        groups.update((r[0], r[1], r[2]) for r in db.rows(
+            f"SELECT DISTINCT cube_id, subject_id, predicate FROM graph_relations WHERE {where}",
+            params))
+        db.run(f"DELETE FROM graph_mentions WHERE {where}", params)
+        db.run(f"DELETE FROM graph_relations WHERE {where}", params)
+    return entities, groups
+
+
+def _tidy_entities(db: GraphDB, entity_ids: set[str]) -> None:
+    """Entities that lost mentions: recount, drop those nobody mentions any more, and take
+    the name again from the surviving mentions (so no name outlives the memories that
+    used it). Placeholders keep their name: it is made of their owner's name and role."""
+    if not entity_ids:
+        return
+    _recount(db, list(entity_ids))
+    for chunk in _chunks(sorted(entity_ids)):
+        where, params = db.any_of("id", chunk)
+        gone = [r[0] for r in db.rows(
+            f"SELECT id FROM graph_entities WHERE {where} AND mentions = 0", params)]
+        for dead in _chunks(gone):
+            w1, p1 = db.any_of("subject_id", dead)
+            w2, p2 = db.any_of("object_id", dead)
+            db.run(f"DELETE FROM graph_relations WHERE {w1} OR {w2}", [*p1, *p2])
+            w3, p3 = db.any_of("owner_id", dead)
+            db.run(f"UPDATE graph_entities SET owner_id = NULL WHERE {w3}", p3)
+            w4, p4 = db.any_of("id", dead)
+            db.run(f"DELETE FROM graph_entities WHERE {w4}", p4)
+        alive = [r[0] for r in db.rows(
+            f"SELECT id FROM graph_entities WHERE {where} AND role IS NULL", params)]
+        for eid in alive:
+            best = db.rows(
+                "SELECT surface, count(*) AS n FROM graph_mentions WHERE entity_id = ? "
+                "AND speaker = 0 GROUP BY surface ORDER BY n DESC, length(surface) DESC, "
+                "surface LIMIT 1", (eid,)) or db.rows(
+                "SELECT surface, count(*) AS n FROM graph_mentions WHERE entity_id = ? "
+                "GROUP BY surface ORDER BY n DESC, surface LIMIT 1", (eid,))
+            if best:
+                db.run("UPDATE graph_entities SET name = ? WHERE id = ?", (best[0][0], eid))
+
+
+def _revalidate(db: GraphDB, groups: set[tuple[str, str, str]]) -> None:
+    """Functional predicates hold one object at a time: each statement is valid until the
+    next statement (in event time) with another object, or its memory's own valid_to."""
+    for cube_id, subject, predicate in sorted(groups):
+        rows = db.rows(
+            "SELECT id, object_id, valid_from, source_valid_to, functional FROM graph_relations "
+            "WHERE cube_id = ? AND subject_id = ? AND predicate = ? ORDER BY valid_from, id",
+            (cube_id, subject, predicate))
+        updates: list[tuple[Any, ...]] = []
+        for n, (rid, obj, _start, own_end, functional) in enumerate(rows):
+            end = own_end
+            if functional:
+                for later in rows[n + 1 :]:
+                    if later[1] != obj:
+                        end = later[2] if end is None else min(end, later[2])
+                        break
+            updates.append((end, rid))
+        if updates:
+            db.many("UPDATE graph_relations SET valid_to = ? WHERE id = ?", updates)
+
+
+def on_commit(db: GraphDB, cube_id: str, items: Sequence[tuple[MemoryItem, bool]],
+              deriver: GraphDeriver | None) -> None:
+    """Bring the edges of freshly written memories up to date (inside the caller's
+    transaction). `items`: (the stored item, whether this write created it)."""
+    if not items:
+        return
+    ids = [item.id for item, _ in items]
+    lost, groups = _remove_content(db, ids)
+    for chunk in _chunks(ids):
+        where, params = db.any_of("item_id", chunk)
+        db.run(f"DELETE FROM graph_derived WHERE {where}", params)
+    follows: list[tuple[Any, ...]] = []
+    derived: list[tuple[Any, ...]] = []
+    for item, created in items:
+        if created and item.source.session is not None:
+            prev = db.rows(
+                f"SELECT id FROM items WHERE cube_id = ? AND session_id = ? AND {db.order_col}"
+                f" < (SELECT {db.order_col} FROM items WHERE id = ?) ORDER BY {db.order_col} "
+                "DESC LIMIT 1", (cube_id, item.source.session, item.id))
+            if prev:
+                follows.append((item.id, prev[0][0], cube_id))
+        derived.extend((item.id, src, cube_id) for src in dict.fromkeys(item.derived_from)
+                       if src != item.id)
+    if follows:
+        db.many("INSERT INTO graph_follows (item_id, prev_id, cube_id) VALUES (?, ?, ?) "
+                "ON CONFLICT (item_id) DO UPDATE SET prev_id = excluded.prev_id", follows)
+    if derived:
+        db.many("INSERT INTO graph_derived (item_id, source_id, cube_id) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING", derived)
+    if deriver is not None:
+        added, dirty, new_groups = _add_content(db, cube_id, items, deriver)
+        groups |= new_groups
+        # The batch's memories had no mentions left (removed above): each new one counts.
+        bumps = [(len(ids), eid) for eid, ids in added.items()
+                 if eid not in lost and eid not in dirty]
+        if bumps:
+            db.many("UPDATE graph_entities SET mentions = mentions + ? WHERE id = ?", bumps)
+        _recount(db, list(dirty - lost))
+    _tidy_entities(db, lost)
+    _revalidate(db, groups)
+
+
+def _add_content(db: GraphDB, cube_id: str, items: Sequence[tuple[MemoryItem, bool]],
+                 deriver: GraphDeriver
+                 ) -> tuple[dict[str, set[str]], set[str], set[tuple[str, str, str]]]:
+    """Mentions and relations of the active memories; returns the memories now
+    mentioning each entity, the entities that must be recounted (merge targets), and the
+    relation groups touched."""
+    resolver = _Resolver(db, cube_id)
+    touched: dict[str, set[str]] = {}
+    dirty: set[str] = set()
+    groups: set[tuple[str, str, str]] = set()
+    for item, _ in items:
+        if item.state == MemoryState.DELETED:
+            continue  # invalidated/superseded memories stay as history (closed by valid_to)
+        graph = deriver(item)
+        ids: dict[str, str] = {}
+        mentions: dict[tuple[str, str], tuple[Any, ...]] = {}
+        # owners before the relative references that name them
+        for ref in sorted(graph.entities, key=lambda r: r.role is not None):
+            if not ref.key:
+                continue
+            if ref.weak:
+                found = resolver.lookup(ref.key)
+                if found is None:
+                    continue
+                eid = found
+            else:
+                eid = resolver.resolve(ref)
+            ids[ref.key] = eid
+            surface = ref.name if ref.role is None else f"{ref.owner}'s {ref.role}"
+            mkey = (eid, ref.key)
+            if mkey not in mentions or not ref.speaker:
+                mentions[mkey] = (cube_id, item.id, item.version, eid, surface, ref.key,
+                                  int(ref.speaker))
+            # later mentions in this batch must resolve the same way
+            resolver.cache[ref.key] = eid
+        if mentions:
+            db.many(
+                "INSERT INTO graph_mentions (cube_id, item_id, item_version, entity_id, surface,"
+                " key, speaker) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                list(mentions.values()))
+            for eid, _ in mentions:
+                touched.setdefault(eid, set()).add(item.id)
+        rows = []
+        for rel in graph.relations:
+            subject = ids.get(entity_key(rel.subject))
+            obj = ids.get(entity_key(rel.object))
+            if subject is None or obj is None or subject == obj:
+                continue
+            rows.append((new_id(), cube_id, subject, rel.predicate, obj,
+                         item.event_time.timestamp(), _ts(item.valid_to), _ts(item.valid_to),
+                         float(rel.confidence), int(rel.functional), item.id, item.version))
+            groups.add((cube_id, subject, rel.predicate))
+            if resolver.merge_placeholder(subject, rel.predicate, obj):
+                dirty.add(obj)  # recounted after the batch
+        if rows:
+            db.many(
+                "INSERT INTO graph_relations (id, cube_id, subject_id, predicate, object_id, "
+                "valid_from, valid_to, source_valid_to, confidence, functional, item_id, "
+                "item_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    for gone in [e for e in touched if e not in dirty and not db.rows(
+            "SELECT 1 FROM graph_entities WHERE id = ?", (e,))]:
+        del touched[gone]  # merged away
+    return touched, dirty, groups
+
+
+def on_purge(db: GraphDB, ids: Sequence[str]) -> None:
+    """Erase every edge of purged memories (inside the purge transaction); FOLLOWS closes
+    the gap (the next memory now follows the one before the purged one)."""
+    if not ids:
+        return
+    lost, groups = _remove_content(db, ids)
+    for item_id in ids:
+        prev = db.rows("SELECT prev_id FROM graph_follows WHERE item_id = ?", (item_id,))
+        db.run("DELETE FROM graph_follows WHERE item_id = ?", (item_id,))
+        if prev:
+            db.run("UPDATE graph_follows SET prev_id = ? WHERE prev_id = ?", (prev[0][0], item_id))
+        else:
+            db.run("DELETE FROM graph_follows WHERE prev_id = ?", (item_id,))
+    for chunk in _chunks(ids):
+        w1, p1 = db.any_of("item_id", chunk)
+        w2, p2 = db.any_of("source_id", chunk)
+        db.run(f"DELETE FROM graph_derived WHERE {w1} OR {w2}", [*p1, *p2])
+    _tidy_entities(db, lost)
+    _revalidate(db, groups)
+
+
+def clear_cube(db: GraphDB, cube_id: str) -> None:
+    for table in ("graph_mentions", "graph_relations", "graph_follows", "graph_derived",
+                  "graph_entities"):
+        db.run(f"DELETE FROM {table} WHERE cube_id = ?", (cube_id,))
+
+
+def rebuild(db: GraphDB, cube_id: str, deriver: GraphDeriver | None) -> None:
+    clear_cube(db, cube_id)
+    last = 0  # arrival order starts at 1 on both backends
+    while True:
+        rows = db.rows(
+            f"SELECT {db.order_col}, doc FROM items WHERE cube_id = ? AND {db.order_col} > ? "
+            f"ORDER BY {db.order_col} LIMIT {_CHUNK}", (cube_id, last))
+        if not rows:
+            return
+        last = rows[-1][0]
+        on_commit(db, cube_id, [(MemoryItem.model_validate_json(doc), True)
+                                for _, doc in rows], deriver)
+
+
+# --- reads ---------------------------------------------------------------------------------
+class SQLGraph(GraphStore):
+    """The read side of `GraphStore` over a backend's `GraphDB` (mixed into the vaults)."""
+
+    @abstractmethod
+    def _graph_read(self) -> AbstractContextManager[GraphDB]: ...
+
+    @abstractmethod
+    def _graph_write(self) -> AbstractContextManager[GraphDB]: ...
+
+    def graph_rebuild(self, cube_id: str) -> GraphStats:
+        with self._graph_write() as db:
+            if not db.lock_cube(cube_id):
+                from memosys.errors import NotFoundError
+
+                raise NotFoundError(f"no cube {cube_id!r}")
+            rebuild(db, cube_id, self.graph_deriver)
+        return self.graph_stats(cube_id)
+
+    def _aliases(self, db: GraphDB, ids: Sequence[str]) -> dict[str, tuple[str, ...]]:
+        out: dict[str, list[str]] = {}
+        for chunk in _chunks(ids):
+            where, params = db.any_of("entity_id", chunk)
+            for eid, surface in db.rows(
+                    f"SELECT DISTINCT entity_id, surface FROM graph_mentions WHERE {where} "
+                    "ORDER BY entity_id, surface", params):
+                out.setdefault(eid, []).append(surface)
+        return {k: tuple(v) for k, v in out.items()}
+
+    def _entities(self, db: GraphDB, ids: Sequence[str]) -> dict[str, Entity]:
+        out: dict[str, Entity] = {}
+        wanted = list(dict.fromkeys(ids))
+        aliases = self._aliases(db, wanted)
+        for chunk in _chunks(wanted):
+            where, params = db.any_of("e.id", chunk)
+            for row in db.rows(f"SELECT {_ENTITY_COLS} FROM graph_entities e WHERE {where}",
+                               params):
+                out[row[0]] = _entity(row, aliases.get(row[0], ()))
+        return out
+
+    def graph_entities(self, cube_id: str, *, prefix: str | None = None,
+                       type: EntityType | None = None, limit: int = 50) -> list[Entity]:
+        clauses, params = ["e.cube_id = ?"], [cube_id]
+        if type is not None:
+            clauses.append("e.type = ?")
+            params.append(EntityType(type).value)
+        if prefix:
+            like = entity_key(prefix).replace("%", "").replace("_", "") + "%"
+            clauses.append("(lower(e.name) LIKE ? OR EXISTS (SELECT 1 FROM graph_mentions m "
+                           "WHERE m.entity_id = e.id AND m.key LIKE ?))")
+            params.extend([like, like])
+        with self._graph_read() as db:
+            rows = db.rows(f"SELECT {_ENTITY_COLS} FROM graph_entities e WHERE "
+                           f"{' AND '.join(clauses)} ORDER BY e.mentions DESC, e.name, e.id "
+                           "LIMIT ?", (*params, int(limit)))
+            aliases = self._aliases(db, [r[0] for r in rows])
+        return [_entity(r, aliases.get(r[0], ())) for r in rows]
+
+    def graph_find(self, cube_id: str, names: list[str]) -> dict[str, Entity]:
+        keys = {n: entity_key(n) for n in names if n and n.strip()}
+        with self._graph_read() as db:
+            best: dict[str, str] = {}
+            wanted = sorted(set(keys.values()))
+            for chunk in _chunks(wanted):
+                where, params = db.any_of("key", chunk)
+                for key, eid in db.rows(
+                        f"SELECT key, id FROM graph_entities WHERE cube_id = ? AND {where} "
+                        "ORDER BY id DESC", (cube_id, *params)):
+                    best[key] = eid  # descending: the smallest id is written last
+            # the rest by alias: the entity most often called so
+            for chunk in _chunks([k for k in wanted if k not in best]):
+                where, params = db.any_of("key", chunk)
+                for key, eid, _n in db.rows(
+                        "SELECT key, entity_id, count(*) AS n FROM graph_mentions WHERE "
+                        f"cube_id = ? AND {where} GROUP BY key, entity_id ORDER BY n ASC, "
+                        "entity_id DESC", (cube_id, *params)):
+                    best[key] = eid  # ascending: the most-mentioned entity is written last
+            by_id = [n for n in names if n.startswith("e") and len(n) == 24]
+            if by_id:
+                for chunk in _chunks(by_id):
+                    where, params = db.any_of("id", chunk)
+                    for (eid,) in db.rows(f"SELECT id FROM graph_entities WHERE cube_id = ? "
+                                          f"AND {where}", (cube_id, *params)):
+                        best[eid] = eid
+                        keys[eid] = eid
+            entities = self._entities(db, list(best.values()))
+        return {n: entities[best[k]] for n, k in keys.items()
+                if k in best and best[k] in entities}
+
+    def graph_role(self, cube_id: str, owner_id: str, role: str) -> Entity | None:
+        with self._graph_read() as db:
+            rows = db.rows(
+                "SELECT object_id FROM graph_relations WHERE cube_id = ? AND subject_id = ? AND"
+                " predicate = ? AND valid_to IS NULL ORDER BY valid_from DESC, id DESC LIMIT 1",
+                (cube_id, owner_id, role)) or db.rows(
+                "SELECT id FROM graph_entities WHERE cube_id = ? AND owner_id = ? AND role = ? "
+                "ORDER BY id LIMIT 1", (cube_id, owner_id, role))
+            return self._entities(db, [rows[0][0]]).get(rows[0][0]) if rows else None
+
+    def graph_relations(self, cube_id: str, entity_id: str | None = None, *,
+                        as_of: datetime | None = None,
+                        predicate: str | None = None) -> list[Relation]:
+        clauses, params = ["r.cube_id = ?"], [cube_id]
+        if entity_id is not None:
+            clauses.append("(r.subject_id = ? OR r.object_id = ?)")
+            params.extend([entity_id, entity_id])
+        if predicate is not None:
+            clauses.append("r.predicate = ?")
+            params.append(predicate)
+        if as_of is not None:
+            at = as_of.timestamp()
+            clauses.append("r.valid_from <= ? AND (r.valid_to IS NULL OR r.valid_to > ?)")
+            params.extend([at, at])
+        with self._graph_read() as db:
+            rows = db.rows(
+                "SELECT r.subject_id, r.predicate, r.object_id, r.valid_from, r.valid_to, "
+                "r.confidence, r.item_id, r.item_version, r.functional FROM graph_relations r "
+                f"WHERE {' AND '.join(clauses)} ORDER BY r.valid_from, r.id", params)
+            entities = self._entities(db, [r[0] for r in rows] + [r[2] for r in rows])
+        # One Relation per statement run: the same triple over the same validity, however
+        # many memories state it.
+        merged: dict[tuple[Any, ...], list[Any]] = {}
+        for s, p, o, start, end, conf, item_id, version, functional in rows:
+            key = (s, p, o, end)
+            if key not in merged:
+                merged[key] = [start, conf, [], functional]
+            entry = merged[key]
+            entry[1] = max(entry[1], conf)
+            if (item_id, version) not in entry[2]:
+                entry[2].append((item_id, version))
+        out = []
+        for (s, p, o, end), (start, conf, sources, functional) in merged.items():
+            if s in entities and o in entities:
+                out.append(Relation(entities[s], p, entities[o], _dt(start), _dt(end),
+                                    float(conf), tuple(sources), bool(functional)))
+        out.sort(key=lambda r: (r.valid_from or datetime.min.replace(tzinfo=UTC),
+                                r.predicate, r.object.name))
+        return out
+
+    @staticmethod
+    def _walk(db: GraphDB, cube_id: str, start: str, hops: int) -> dict[str, int]:
+        """Hop distance of every entity within `hops` RELATION edges (either direction),
+        by a recursive query; (entity, hops) pairs are kept once, so hubs cannot make the
+        walk explode into every path."""
+        rows = db.rows(
+            "WITH RECURSIVE walk(id, hops) AS ("
+            " SELECT CAST(? AS TEXT), 0"
+            " UNION"
+            " SELECT CASE WHEN r.subject_id = walk.id THEN r.object_id ELSE r.subject_id END,"
+            " walk.hops + 1"
+            " FROM walk JOIN graph_relations r ON (r.subject_id = walk.id OR"
+            " r.object_id = walk.id) AND r.cube_id = ? WHERE walk.hops < ?)"
+            " SELECT id, min(hops) FROM walk GROUP BY id",
+            (start, cube_id, int(hops)))
+        return {eid: int(n) for eid, n in rows}
+
+    @staticmethod
+    def _edges_of(db: GraphDB, cube_id: str, ids: Sequence[str]
+                  ) -> list[tuple[str, str, str, float]]:
+        out: list[tuple[str, str, str, float]] = []
+        for chunk in _chunks(sorted(ids)):
+            w1, p1 = db.any_of("subject_id", chunk)
+            w2, p2 = db.any_of("object_id", chunk)
+            out.extend((r[0], r[1], r[2], float(r[3])) for r in db.rows(
+                "SELECT subject_id, predicate, object_id, confidence FROM graph_relations "
+                f"WHERE cube_id = ? AND ({w1} OR {w2}) ORDER BY id", (cube_id, *p1, *p2)))
+        return out
+
+    def graph_neighbours(self, cube_id: str, entity_id: str, *, hops: int = 1,
+                         limit: int = 50, co_mentions: bool = True) -> list[Neighbour]:
+        if not 1 <= hops <= MAX_HOPS:
+            raise ValidationError(f"hops must be between 1 and {MAX_HOPS}, got {hops}")
+        best: dict[str, tuple[int, float, str]] = {}
+        with self._graph_read() as db:
+            dist = self._walk(db, cube_id, entity_id, hops)
+            weight = {entity_id: 1.0}
+            for layer in range(1, hops + 1):
+                nodes = [e for e, n in dist.items() if n == layer]
+                if not nodes:
+                    break
+                at_layer = set(nodes)
+                for s, p, o, conf in self._edges_of(db, cube_id, nodes):
+                    for near, far in ((s, o), (o, s)):
+                        if far in at_layer and dist.get(near) == layer - 1 and near in weight:
+                            w = weight[near] * conf
+                            if far not in best or w > best[far][1]:
+                                best[far] = (layer, w, p)
+                                weight[far] = w
+            if co_mentions:
+                # Co-mentioned entities are one hop away, weighted by how often.
+                total = db.rows("SELECT mentions FROM graph_entities WHERE id = ?",
+                                (entity_id,))
+                denom = max(1, int(total[0][0])) if total else 1
+                for eid, together in db.rows(
+                        "SELECT m2.entity_id, count(DISTINCT m2.item_id) AS n FROM "
+                        "graph_mentions m1 JOIN graph_mentions m2 ON m2.item_id = m1.item_id "
+                        "WHERE m1.entity_id = ? AND m2.entity_id <> ? GROUP BY m2.entity_id "
+                        "ORDER BY n DESC, m2.entity_id LIMIT ?",
+                        (entity_id, entity_id, int(limit))):
+                    old = best.get(eid)
+                    if old is None or old[0] > 1:  # a relation at one hop says more
+                        best[eid] = (1, min(1.0, together / denom), "co-mention")
+            best.pop(entity_id, None)
+            ranked = sorted(best.items(), key=lambda kv: (kv[1][0], -kv[1][1], kv[0]))[:limit]
+            entities = self._entities(db, [eid for eid, _ in ranked])
+        return [Neighbour(entities[eid], n, via, w) for eid, (n, w, via) in ranked
+                if eid in entities]
+
+    def graph_path(self, cube_id: str, source_id: str, target_id: str, *,
+                   max_hops: int = MAX_HOPS) -> list[tuple[Entity, str]] | None:
+        if not 1 <= max_hops <= MAX_HOPS:
+            raise ValidationError(f"max_hops must be between 1 and {MAX_HOPS}")
+        with self._graph_read() as db:
+            dist = self._walk(db, cube_id, source_id, max_hops)
+            if target_id not in dist:
+                return None
+            # Walk back from the target, one layer nearer the source each step (the most
+            # confident edge, then the smallest id, so the answer is deterministic).
+            steps: list[tuple[str, str]] = []
+            here = target_id
+            while dist[here] > 0:
+                options = []
+                for s, p, o, conf in self._edges_of(db, cube_id, [here]):
+                    other = o if s == here else s
+                    if dist.get(other) == dist[here] - 1:
+                        options.append((-conf, other, p))
+                _, prev, predicate = min(options)
+                steps.append((here, predicate))
+                here = prev
+            steps.append((source_id, ""))
+            steps.reverse()
+            found = self._entities(db, [e for e, _ in steps])
+        return [(found[e], p) for e, p in steps if e in found]
+
+    def graph_mentioning(self, entity_ids: list[str], *, limit: int = 200
+                         ) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        with self._graph_read() as db:
+            for eid in dict.fromkeys(entity_ids):
+                out[eid] = [r[0] for r in db.rows(
+                    "SELECT DISTINCT item_id FROM graph_mentions WHERE entity_id = ? "
+                    "ORDER BY item_id DESC LIMIT ?", (eid, int(limit)))]
+        return out
+
+    def graph_memory_entities(self, item_ids: list[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        with self._graph_read() as db:
+            for chunk in _chunks(list(dict.fromkeys(item_ids))):
+                where, params = db.any_of("item_id", chunk)
+                for item_id, eid in db.rows(
+                        f"SELECT DISTINCT item_id, entity_id FROM graph_mentions WHERE {where} "
+                        "ORDER BY item_id, entity_id", params):
+                    out.setdefault(item_id, []).append(eid)
+        return out
+
+    def graph_follows(self, item_id: str) -> tuple[str | None, str | None]:
+        with self._graph_read() as db:
+            prev = db.rows("SELECT prev_id FROM graph_follows WHERE item_id = ?", (item_id,))
+            nxt = db.rows("SELECT item_id FROM graph_follows WHERE prev_id = ? "
+                          "ORDER BY item_id LIMIT 1", (item_id,))
+        return (prev[0][0] if prev else None, nxt[0][0] if nxt else None)
+
+    def graph_derived(self, item_id: str) -> tuple[list[str], list[str]]:
+        with self._graph_read() as db:
+            sources = [r[0] for r in db.rows(
+                "SELECT source_id FROM graph_derived WHERE item_id = ? ORDER BY source_id",
+                (item_id,))]
+            derived = [r[0] for r in db.rows(
+                "SELECT item_id FROM graph_derived WHERE source_id = ? ORDER BY item_id",
+                (item_id,))]
+        return sources, derived
+
+    def graph_stats(self, cube_id: str) -> GraphStats:
+        with self._graph_read() as db:
+            counts = [int(db.rows(f"SELECT count(*) FROM {t} WHERE cube_id = ?",
+                                  (cube_id,))[0][0])
+                      for t in ("graph_entities", "graph_mentions", "graph_relations",
+                                "graph_follows", "graph_derived")]
+        return GraphStats(*counts)
