@@ -179,3 +179,33 @@ def test_openai_user_is_the_key_owner(runtime: MemOS, tmp_path_factory) -> None:
                           ).chat.completions.create(
                 model="memosys", messages=[{"role": "user", "content": "hi"}])
     mos.close()
+
+
+def test_chat_forwards_to_an_upstream_openai_server(url: str, runtime: MemOS,
+                                                    tmp_path_factory) -> None:
+    """A memosys whose model is `openai:<model>` forwards generation to an upstream
+    OpenAI-compatible server — here another memosys's /v1 (the local model behind it) —
+    while memory stays on this side."""
+    settings = Settings.load(tmp_path_factory.mktemp("forward"), llm="openai:memosys",
+                             llm_base_url=f"{url}/v1", llm_api_key="local")
+    mos = MemOS(settings, embedder=runtime.embedder)
+    mos.scheduler = MemScheduler(mos, SchedulerConfig(background=False))
+    with LiveServer(create_app(mos)) as base:
+        oai = openai.OpenAI(base_url=f"{base}/v1", api_key="local", max_retries=0)
+        oai.chat.completions.create(model="memosys", user="fay", max_tokens=8, messages=[
+            {"role": "user", "content": "My name is Zorblax."}])
+        stream = oai.chat.completions.create(model="memosys", user="fay", max_tokens=16,
+                                             stream=True, messages=[
+                                                 {"role": "user", "content": "What is my name?"}])
+        chunks = list(stream)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert "Zorblax" in text
+        assert mos.llm.id == "openai:memosys"
+        # the recalled memory is this side's: read from fay's cube here, sent upstream
+        info = next(c.model_extra["memosys"] for c in chunks
+                    if (c.model_extra or {}).get("memosys"))
+        fay = mos.get_cube(chat_cube("fay")).id
+        used = [mos.get(d["memory_id"]).text for d in info["decisions"]
+                if d["form"] == "plaintext" and d["cube_id"] == fay]
+        assert "My name is Zorblax." in used
+    mos.close()
