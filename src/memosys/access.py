@@ -19,7 +19,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from memosys.errors import AuthenticationError, NotFoundError, PermissionDeniedError
+from memosys.errors import (
+    AuthenticationError,
+    NotFoundError,
+    PermissionDeniedError,
+    SensitiveDataError,
+)
 from memosys.infra.governance import (
     LOCAL_ADMIN,
     PERMISSIONS,
@@ -27,7 +32,8 @@ from memosys.infra.governance import (
     NewAuditEntry,
     Principal,
 )
-from memosys.infra.pii import mask_text
+from memosys.infra.pii import labels, mask_text
+from memosys.infra.prompt_guard import INJECTION_LABEL, injection_markers
 from memosys.infra.vault.base import ItemFilter
 from memosys.types import MemCube, MemoryItem, Visibility
 
@@ -168,6 +174,30 @@ class Access:
     # --- sensitive data ------------------------------------------------------------------
     def pii_policy(self, cube_id: str) -> str:
         return str(self.mos.vault.governance.get_policy(cube_id).get("pii", DEFAULT_PII_POLICY))
+
+    def label(self, cube_id: str, items: list[MemoryItem]) -> list[MemoryItem]:
+        """Items to write, with detected sensitive data labelled in `sensitivity`;
+        SensitiveDataError where the cube's policy is `reject` (nothing is written)."""
+        out: list[MemoryItem] = []
+        policy: str | None = None
+        for item in items:
+            found = labels(item.text)
+            security = [INJECTION_LABEL] if injection_markers(item.text) else []
+            if security and INJECTION_LABEL not in item.sensitivity:
+                item = item.model_copy(update={
+                    "sensitivity": sorted({*item.sensitivity, INJECTION_LABEL})})
+            if found:
+                policy = policy or self.pii_policy(cube_id)
+                if policy == "reject":
+                    self.audit_refusal("write", "denied", cube_id=cube_id,
+                                       detail={"sensitive": found})
+                    raise SensitiveDataError(
+                        f"cube policy rejects sensitive data; the text contains {found}")
+                merged = sorted(set(item.sensitivity) | set(found))
+                if merged != item.sensitivity:
+                    item = item.model_copy(update={"sensitivity": merged})
+            out.append(item)
+        return out
 
     def present(self, items: Sequence[MemoryItem]) -> list[MemoryItem]:
         """Items as this actor may see them: sensitive text masked where policy says."""

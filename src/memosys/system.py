@@ -24,7 +24,6 @@ from memosys.errors import (
     ConflictError,
     EmbedderMismatchError,
     NotFoundError,
-    SensitiveDataError,
     ValidationError,
 )
 from memosys.infra.vault import open_vault
@@ -325,7 +324,7 @@ class MemOS(GovernanceAPI):
         self, cube_id: str, items: list[MemoryItem], progress: Progress | None
     ) -> list[MemoryItem]:
         stored: list[MemoryItem] = []
-        items = label_sensitive(self, cube_id, items)
+        items = self._access.label(cube_id, items)
         for start in range(0, len(items), _EMBED_BATCH):
             batch = items[start : start + _EMBED_BATCH]
             vectors = self.embedder.embed([i.text for i in batch])
@@ -550,7 +549,7 @@ class MemOS(GovernanceAPI):
         item = validated(MemoryItem, **fields)
         vector = None
         if item.text != current.text:
-            [item] = label_sensitive(self, current.cube_id, [item])
+            [item] = self._access.label(current.cube_id, [item])
             embedded = {} if embedded is None else embedded
             if item.text not in embedded:
                 embedded[item.text] = self.embedder.embed([item.text])[0]
@@ -584,6 +583,8 @@ class MemOS(GovernanceAPI):
         for attempt in range(_RETRIES):
             writes = []
             for change in self.vault.changes_since(found.id, clock):
+                if not self._access.can_see(change.current, found):
+                    continue  # others' private memories are not the actor's to restore
                 if change.then is None:
                     if change.current.state == MemoryState.DELETED:
                         continue
@@ -700,27 +701,6 @@ class MemOS(GovernanceAPI):
     @llm.setter
     def llm(self, value: LLM) -> None:
         self._llm = value
-
-
-def label_sensitive(mos: MemOS, cube_id: str, items: list[MemoryItem]) -> list[MemoryItem]:
-    """Label detected sensitive data in `sensitivity`; refuse it where the cube's policy
-    is `reject` (memosys.infra.pii, access.py)."""
-    from memosys.infra.pii import labels
-
-    out: list[MemoryItem] = []
-    policy: str | None = None
-    for item in items:
-        found = labels(item.text)
-        if found:
-            policy = policy or mos._access.pii_policy(cube_id)
-            if policy == "reject":
-                raise SensitiveDataError(
-                    f"cube policy rejects sensitive data; the text contains {found}")
-            merged = sorted(set(item.sensitivity) | set(found))
-            if merged != item.sensitivity:
-                item = item.model_copy(update={"sensitivity": merged})
-        out.append(item)
-    return out
 
 
 def _backoff(attempt: int) -> None:

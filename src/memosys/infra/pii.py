@@ -5,7 +5,7 @@ The default detector is regular expressions plus checksums, with no model and no
 | label          | what                                                   | check            |
 |----------------|--------------------------------------------------------|------------------|
 | email          | addresses                                              | shape            |
-| phone          | 7-15 digit numbers in phone notation (+, (), -, .)     | digit count      |
+| phone          | 7-15 digits in phone notation (+, (area), 3-3-4, 'call') | digit count    |
 | payment_card   | 13-19 digit card numbers, spaced or not                | Luhn             |
 | national_id    | US SSN, UK National Insurance number                   | reserved ranges  |
 | iban           | international bank account numbers                     | ISO 7064 mod 97  |
@@ -90,6 +90,9 @@ _IPV6 = re.compile(r"(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}
                    r"(?![0-9A-Fa-f:])")
 _PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}"
                     r"(?:[ .-]\d{2,4}){1,4}(?![\w])")
+_NANP = re.compile(r"^\d{3}[ .-]\d{3}[ .-]\d{4}$")
+_PHONE_WORD = re.compile(r"(?i)\b(?:call|phone|tel|mobile|cell|whatsapp|sms|text me|"
+                         r"number|fax)\b[^\d]{0,12}$")
 _DATE_LIKE = re.compile(r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}$|^\d{1,2}[-./]\d{1,2}[-./]\d{2,4}$")
 _SECRETS = re.compile(
     r"(?<![A-Za-z0-9])(?:"
@@ -139,7 +142,11 @@ class RegexDetector:
             value = m.group()
             if not 7 <= len(digits) <= 15 or _DATE_LIKE.match(value):
                 continue
-            if not (value.startswith(("+", "(")) or re.search(r"\d[ .-]\d", value)):
+            # Phone notation, not just any spaced digits: international (+), an area code
+            # in parentheses, North American 3-3-4, or a phone word just before it.
+            before = text[max(0, m.start() - 20):m.start()]
+            if not (value.startswith(("+", "(")) or _NANP.match(value)
+                    or _PHONE_WORD.search(before)):
                 continue
             found.append(Finding("phone", m.start(), m.end()))
         return _non_overlapping(found)

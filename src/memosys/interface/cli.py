@@ -1,6 +1,7 @@
 """The `memosys` command. Every command takes `--json` for output a script can parse;
 exit codes: 0 ok, 2 invalid input, 3 not found, 4 conflict, 5 embedder mismatch,
-6 storage error, 1 anything else (see memosys.errors)."""
+6 storage error, 9 unauthenticated, 10 permission denied, 1 anything else (see
+memosys.errors). With $MEMOSYS_API_KEY set, commands act as that key's user."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from rich.table import Table
 
 from memosys.errors import MemosysError, ValidationError
 from memosys.interface.cli_db import db_app
+from memosys.interface.cli_governance import acting, register
 from memosys.interface.cli_mcp import mcp_command
 from memosys.interface.cli_serve import register as register_serve
 from memosys.system import MemOS, SearchFilters
@@ -36,6 +38,7 @@ bench_app = typer.Typer(help="Reproducible benchmarks that print tables.", no_ar
 app.add_typer(bench_app, name="bench")
 app.add_typer(db_app, name="db")
 app.command("mcp")(mcp_command)
+register(app)  # users, keys, share, acl, policy, audit, lifecycle, review, feedback
 register_serve(app, bench_app)
 
 out = Console()
@@ -54,7 +57,7 @@ def _runtime(home: Path | None) -> Iterator[MemOS]:
     """Open the runtime and turn typed errors into a message and a stable exit code."""
     try:
         with MemOS.open(home) as mos:
-            yield mos
+            yield acting(mos)
     except MemosysError as exc:
         err.print(f"[red]error[/red] ({exc.code}): {exc}")
         raise typer.Exit(exc.exit_code) from None
