@@ -14,6 +14,8 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from live_server import LiveServer
 from memosys.interface.server import UI_DIR, create_app
+from memosys.models.local_llm import LocalLLM
+from memosys.operation.scheduler import MemScheduler, SchedulerConfig
 from memosys.system import MemOS
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -225,3 +227,26 @@ def test_api_keys_masking_permissions_and_audit(mos: MemOS, page: Page) -> None:
     # the entry links the memory and version it wrote
     adds.get_by_role("button", name=f"{secret.id[-8:]} v1").click()
     expect(page.locator('dd[data-field="id"]')).to_have_text(secret.id)
+
+
+def test_scheduler_choices_for_a_recent_answer(mos: MemOS, local: LocalLLM, page: Page) -> None:
+    mos.llm = local
+    mos.scheduler = MemScheduler(mos, SchedulerConfig(background=False))
+    mos.create_cube("default")
+    [fact] = mos.add("default", "The user's cat is called Miso", memory_type="fact")
+    answer = mos.chat([{"role": "user", "content": "What is my cat called?"}], max_tokens=12,
+                      remember=False)
+    used = [d for d in answer.decisions if d.form != "skipped"]
+    assert fact.id in {d.memory_id for d in used}
+
+    _open(page)
+    page.get_by_role("tab", name="Scheduler").click()
+    record = page.get_by_test_id("decisions").locator("article.decision").first
+    expect(record.locator("header")).to_contain_text("What is my cat called?")
+    expect(record).to_contain_text(answer.model)
+    chosen = record.locator("tbody tr").filter(has_text="The user's cat is called Miso")
+    decision = next(d for d in used if d.memory_id == fact.id)
+    expect(chosen.locator(".badge.form")).to_have_text(decision.form)
+    expect(chosen).to_contain_text(decision.reason)
+    chosen.get_by_role("button").click()
+    expect(page.locator('dd[data-field="id"]')).to_have_text(fact.id)

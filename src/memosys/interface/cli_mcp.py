@@ -25,18 +25,18 @@ def mcp_command(
     host: Annotated[str, typer.Option(help="http: address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="http: port.")] = 8765,
     path: Annotated[str, typer.Option(help="http: endpoint path.")] = "/mcp",
-    api_key: Annotated[str | None, typer.Option(
-        envvar="MEMOSYS_API_KEY", help="stdio: act as this key's user (default: the local "
-        "admin). Over http every request brings its own key.")] = None,
     home: HomeOpt = None,
 ) -> None:
     """Run the MCP server (tools: add, search, get, update, forget memories, chat, ...).
 
-    stdout carries the protocol on stdio, so everything else goes to stderr. Over http,
+    stdout carries the protocol on stdio, so everything else goes to stderr. On stdio the
+    tools act as the user of $MEMOSYS_API_KEY (as every command does), else as the local
+    admin; over http each request brings its own key. Over http,
     with API keys configured every request needs `Authorization: Bearer <key>`; without,
     only loopback clients are served (as `memosys serve` does)."""
     if transport not in ("stdio", "http"):
         raise typer.BadParameter("--transport must be stdio or http")
+    from memosys.interface.cli_governance import acting
     from memosys.interface.mcp import build_mcp_server
     from memosys.interface.mcp_http import http_app, serve_http
     from memosys.interface.rest_auth import KeyPresence, is_loopback
@@ -44,8 +44,7 @@ def mcp_command(
     try:
         with MemOS.open(home) as mos:
             if transport == "stdio":
-                runtime = mos.as_actor(mos.authenticate(api_key)) if api_key else mos
-                build_mcp_server(runtime).run("stdio")
+                build_mcp_server(acting(mos)).run("stdio")
                 return
             if not path.startswith("/"):
                 raise ValidationError("--path must start with '/'")

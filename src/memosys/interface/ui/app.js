@@ -64,7 +64,7 @@
       else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
       else node.setAttribute(k, v === true ? "" : v);
     }
-    for (const c of children.flat()) if (c !== null && c !== undefined) node.append(c);
+    for (const c of children.flat(Infinity)) if (c !== null && c !== undefined) node.append(c);
     return node;
   }
 
@@ -378,7 +378,7 @@
     const decisions = r.decisions || [];
     return el("article", { class: "decision", "data-id": r.id },
       el("header", {}, el("strong", { text: r.query || "answer" }), el("span", { class: "muted", text: "  " + when(r.at) })),
-      el("dl", { class: "header" }, facts.map(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })])),
+      el("dl", { class: "header" }, facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })])),
       el("table", { class: "list chosen" },
         el("thead", {}, el("tr", {}, ["form", "section", "memory", "v", "score", "tokens", "why"].map((h) => el("th", { text: h })))),
         el("tbody", {}, decisions.map((d) => {
