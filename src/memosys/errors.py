@@ -115,3 +115,10 @@ class UnsafeArchiveError(ArchiveError):
 
     code = "unsafe_archive"
     exit_code = 22
+
+
+class TrainingInterrupted(MemosysError):
+    """Training stopped early (Ctrl-C or a stop request); its checkpoint allows a resume."""
+
+    code = "interrupted"
+    exit_code = 130

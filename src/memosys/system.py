@@ -45,6 +45,7 @@ from memosys.types import (
 
 if TYPE_CHECKING:
     from memosys.interface.reader import MemReader
+    from memosys.memories.parametric import ParametricMemory
     from memosys.models.llm import LLM
     from memosys.operation.chat import ChatResult, ChatStream
     from memosys.operation.scheduler import MemScheduler
@@ -701,6 +702,16 @@ class MemOS(GovernanceAPI):
     @llm.setter
     def llm(self, value: LLM) -> None:
         self._llm = value
+
+    # --- parametric memory (memosys.memories.parametric) -----------------------------
+    @property
+    def parametric(self) -> ParametricMemory:
+        """LoRA adapters distilled from memories: distil, serve, retire (docs/parametric.md)."""
+        if getattr(self, "_parametric", None) is None:
+            from memosys.memories.parametric import ParametricMemory
+
+            self._parametric = ParametricMemory(self)
+        return self._parametric  # type: ignore[return-value]
 
 
 def _backoff(attempt: int) -> None:

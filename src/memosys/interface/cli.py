@@ -22,6 +22,7 @@ from memosys.errors import MemosysError, ValidationError
 from memosys.interface.cli_db import db_app
 from memosys.interface.cli_exchange import register as register_exchange
 from memosys.interface.cli_governance import acting, register
+from memosys.interface.cli_parametric import register as register_parametric
 from memosys.interface.cli_serve import register as register_serve
 from memosys.system import MemOS, SearchFilters
 from memosys.types import MemoryItem
@@ -40,6 +41,7 @@ app.add_typer(db_app, name="db")
 register_exchange(app)
 register_serve(app, bench_app)
 register(app)  # users, keys, share, acl, policy, audit, lifecycle, review, feedback
+register_parametric(app, bench_app)
 
 out = Console()
 err = Console(stderr=True)

@@ -406,6 +406,8 @@ class ActivationStore:
                 continue
             if header.tokenizer_id != self.tokenizer_id:
                 continue
+            if record.id not in self._loaded and not self.path_for(cube_id, record.id).is_file():
+                continue  # evicted
             for n, h in header.levels:
                 if wanted.get(h) == n and (best is None or n > best[0]):
                     best = (n, record.id)
@@ -426,7 +428,9 @@ class ActivationStore:
                 return None
         # Tokens before a shared boundary are the same tokens at the same positions, so their
         # keys/values do not depend on the sources that changed after it.
-        cache.crop(n)
+        excess = cache.get_seq_length() - n
+        if excess > 0:
+            cache.crop(-excess)  # transformers 5: a negative count removes that many tokens
         return cache, n
 
     def _extend(self, cache: DynamicCache, more: list[int]) -> DynamicCache:

@@ -24,8 +24,9 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -43,7 +44,14 @@ if TYPE_CHECKING:
     import torch
     from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["GGUF_FILENAME", "MODEL_NAME", "LocalLLM", "default_cache_dir", "smollm2_gguf_path"]
+__all__ = [
+    "GGUF_FILENAME",
+    "MODEL_NAME",
+    "REQUEST_WEIGHTS",
+    "LocalLLM",
+    "default_cache_dir",
+    "smollm2_gguf_path",
+]
 
 MODEL_NAME = "smollm2-135m-instruct"
 GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -53,6 +61,11 @@ _CACHE_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer
 _STALE_TMP_SECONDS = 24 * 3600
 
 LoadSource = Literal["gguf", "cache"]
+
+REQUEST_WEIGHTS: ContextVar[object | None] = ContextVar("memosys_request_weights", default=None)
+"""Which extra weights (LoRA adapters, :mod:`memosys.models.adapters`) requests started in this
+context run with. Read once when a request starts and handed to :attr:`LocalLLM.forward_hook`
+before each of its forwards, so interleaved requests each keep their own weights."""
 
 
 def smollm2_gguf_path() -> Path:
@@ -120,6 +133,9 @@ class LocalLLM:
         self.load_seconds: float | None = None
         self._load_lock = threading.Lock()
         self.lock = threading.RLock()
+        self.forward_hook: Callable[[object | None], None] | None = None
+        """Called under :attr:`lock` right before every forward with the request's
+        :data:`REQUEST_WEIGHTS` (``None``: base weights); set by the adapter bank."""
 
     id = f"local:{MODEL_NAME}"
 
@@ -334,6 +350,7 @@ class LocalLLM:
             raise LLMError(f"prefix of {len(ids)} tokens exceeds the {self.context_length} context")
         cache = DynamicCache(config=model.config)
         with self.lock, torch.no_grad():
+            self._select_weights(REQUEST_WEIGHTS.get())
             model(
                 input_ids=torch.tensor([ids], dtype=torch.long),
                 past_key_values=cache,
@@ -474,7 +491,14 @@ class LocalLLM:
         if cache is None:
             cache = DynamicCache(config=self.model.config)
         budget = min(max_new_tokens, context - prompt_tokens)
-        return self._decode(cache, pending, prompt_tokens, budget, temperature, stops, seed)
+        weights = REQUEST_WEIGHTS.get()
+        return self._decode(
+            cache, pending, prompt_tokens, budget, temperature, stops, seed, weights
+        )
+
+    def _select_weights(self, weights: object | None) -> None:
+        if self.forward_hook is not None:
+            self.forward_hook(weights)
 
     def _decode(
         self,
@@ -485,6 +509,7 @@ class LocalLLM:
         temperature: float,
         stops: list[str],
         seed: int | None,
+        weights: object | None = None,
     ) -> Generator[str, None, ChatResult]:
         """The decode loop: feed ``pending`` on top of ``cache``, yield text deltas."""
         import torch
@@ -501,6 +526,7 @@ class LocalLLM:
         feed = pending
         while len(out_ids) < budget:
             with self.lock, torch.no_grad():
+                self._select_weights(weights)
                 logits = model(
                     input_ids=torch.tensor([feed], dtype=torch.long),
                     past_key_values=cache,

@@ -57,6 +57,7 @@ from memosys.types import MemoryItem, MemoryKind, MemoryState, MemoryType, new_i
 
 if TYPE_CHECKING:
     from memosys.models.local_llm import LocalLLM
+    from memosys.operation.retrieval import SearchHit
     from memosys.system import MemOS
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,10 @@ class SchedulerConfig:
     """Prompt tokens for the stable set (pinned + promoted memories)."""
     max_pinned: int = 64
     pinned_types: tuple[MemoryType, ...] = (MemoryType.PERSONA, MemoryType.RULE)
+    relevance_floor: float = 0.3
+    """A hit counts as relevant to the query when BM25 matched it or its embedding cosine is
+    at least this; irrelevant hits (a small cube returns everything) stay out of the prompt
+    and do not re-heat promoted memories."""
     promote_after: int = 3
     """Answers a retrieved memory must be used in, unchanged, to be promoted."""
     heat_half_life_s: float = 3600.0
@@ -213,8 +218,7 @@ class MemScheduler:
                                   query, list(cube_ids), model)
         stable_items = self._stable_candidates(view, cube_ids, record, now)
         hits = view.search(query, list(cube_ids), top_k=cfg.top_k + len(stable_items))
-        hit_rank = {h.item.id: (rank, h.score) for rank, h in enumerate(hits, 1)}
-        self._reheat_promoted(hit_rank, now)
+        self._reheat_promoted([h.item.id for h in hits if self._relevant(h)], now)
 
         # Stable set, within its token budget.
         sections: dict[str, list[MemoryItem]] = {name: [] for name in STABLE_SECTIONS}
@@ -276,6 +280,13 @@ class MemScheduler:
                 continue
             if len(retrieved) >= cfg.top_k:
                 break
+            if not self._relevant(hit):
+                cosine = hit.scores.get("vector", 0.0)
+                record.decisions.append(_decision(
+                    item, "skipped", "retrieved",
+                    f"rank {rank}: not relevant (no keyword match, cosine {cosine:.2f})",
+                    0, hit.score))
+                continue
             tokens = count_tokens(render_memory(item) + "\n")
             if tokens > budget:
                 record.decisions.append(_decision(item, "skipped", "retrieved",
@@ -326,9 +337,12 @@ class MemScheduler:
                 promoted.append(item)
         return pinned + promoted
 
-    def _reheat_promoted(self, hit_rank: dict[str, tuple[int, float]], now: float) -> None:
+    def _relevant(self, hit: SearchHit) -> bool:
+        return "bm25" in hit.ranks or hit.scores.get("vector", 0.0) >= self.config.relevance_floor
+
+    def _reheat_promoted(self, relevant: list[str], now: float) -> None:
         with self._lock:
-            for item_id in hit_rank:
+            for item_id in relevant:
                 usage = self._usage.get(item_id)
                 if usage is not None and usage.promoted:
                     usage.heat = usage.heat_at(now, self.config.heat_half_life_s) + 1.0

@@ -1,0 +1,634 @@
+"""Parametric memory: memories distilled into LoRA adapters, served per request, retired.
+
+Lifecycle (see docs/parametric.md):
+
+* :meth:`ParametricMemory.distil` turns chosen stable plaintext memories of one cube into a
+  LoRA adapter for the local model (training data: :mod:`.parametric_data`, training:
+  :mod:`.parametric_train`). The weights are stored as safetensors at
+  ``<home>/adapters/<cube id>/<adapter id>.safetensors`` whose metadata key
+  ``memosys_adapter`` holds the JSON header (base model fingerprint, source ids and versions,
+  training data hash, knobs, loss curve, eval results). The cube holds a **record**: a
+  ``MemoryItem`` with ``kind=parametric``, tag ``memosys:adapter``, ``derived_from`` = the
+  sources and ``metadata["adapter"]`` = the header plus ``status``. The record is stored in
+  state ``archived`` so plaintext retrieval never returns it (its text only describes the
+  adapter); ``status`` (ready | stale | retired | erased) is what governs serving.
+* Serving: :meth:`selection` picks the *ready* adapters of the cubes a request mounts (and
+  may read), :meth:`chat` generates with exactly those, at a per-request scale; anything else,
+  e.g. another user's cube, never reaches the request (:mod:`memosys.models.adapters`).
+* Staleness: every selection re-reads the sources. A source whose version changed, or that
+  was deleted, makes the adapter **stale** (flagged in the record, unloaded, never served
+  until rebuilt with :meth:`rebuild`). A purged source makes it **erased**: the weights file is
+  deleted too, since it holds what was erased.
+* :meth:`retire` brings an adapter back to plaintext: its sources become active plaintext
+  again (un-archived if the distillation moved them) and the adapter's answers to probe
+  questions are recorded in the record for audit; the weights stay on disk, unserved.
+
+``move=True`` at distillation archives the sources in the same atomic commit that stores the
+record: the memory then lives only in the adapter (retrieval no longer returns it) until the
+adapter is retired. Without it (the default) the sources stay active and the scheduler decides
+per request whether to use the adapter instead of putting them in the prompt (:meth:`covered`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from memosys.errors import ConflictError, LLMError, NotFoundError, ValidationError
+from memosys.infra.vault.base import ItemFilter, Write
+from memosys.memories.parametric_data import (
+    METHODS,
+    REPLAY_PROMPTS,
+    Example,
+    Method,
+    data_hash,
+    parse_fact,
+    probe_question,
+    questions_for,
+)
+from memosys.memories.parametric_train import TrainConfig, TrainResult, train_adapter
+from memosys.models.adapters import AdapterBank, AdapterSelection, LoraSpec, bank_for
+from memosys.models.llm import ChatResult, Message
+from memosys.types import MemoryItem, MemoryKind, MemoryState, MemoryType, new_id, utcnow
+
+if TYPE_CHECKING:
+    from memosys.models.local_llm import LocalLLM
+    from memosys.system import MemOS
+
+__all__ = ["ADAPTER_TAG", "AdapterRecord", "ParametricMemory", "RetireResult"]
+
+ADAPTER_TAG = "memosys:adapter"
+HEADER_KEY = "memosys_adapter"
+FORMAT = 1
+STABLE_TYPES = (MemoryType.FACT, MemoryType.PREFERENCE, MemoryType.RULE, MemoryType.PERSONA)
+READY, STALE, RETIRED, ERASED = "ready", "stale", "retired", "erased"
+TEACHER_PROMPT = "Use this fact to answer: {memory}"
+REPLAY_TOKENS = 40
+PROBE_TOKENS = 32
+MAX_SOURCES = 500
+
+StepProgress = Callable[[int, int, float], None]
+
+
+@dataclass(frozen=True)
+class AdapterRecord:
+    """An adapter as the cube records it (the item) plus its header and serving status."""
+
+    item: MemoryItem
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return self.item.id
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return dict(self.item.metadata.get("adapter") or {})
+
+    @property
+    def header(self) -> dict[str, Any]:
+        return dict(self.meta.get("header") or {})
+
+    @property
+    def status(self) -> str:
+        return str(self.meta.get("status", READY))
+
+    @property
+    def reason(self) -> str | None:
+        return self.meta.get("reason")
+
+    @property
+    def name(self) -> str:
+        return str(self.header.get("name", self.id))
+
+    @property
+    def cube_id(self) -> str:
+        return self.item.cube_id
+
+    @property
+    def sources(self) -> list[dict[str, Any]]:
+        return list(self.header.get("sources", []))
+
+    @property
+    def bank_name(self) -> str:
+        return _bank_name(self.id)
+
+    def summary(self) -> dict[str, Any]:
+        h = self.header
+        return {
+            "id": self.id, "name": self.name, "cube_id": self.cube_id, "status": self.status,
+            "reason": self.reason, "sources": len(self.sources), "method": h.get("data", {})
+            .get("method"), "steps": h.get("training", {}).get("steps"),
+            "final_loss": (h.get("training", {}).get("loss_curve") or [None])[-1],
+            "recall_after": h.get("eval", {}).get("recall_after"),
+            "bytes": self.path.stat().st_size if self.path.exists() else 0,
+            "created_at": h.get("created_at"),
+        }
+
+
+@dataclass(frozen=True)
+class RetireResult:
+    record: AdapterRecord
+    restored: list[MemoryItem]
+    probes: list[dict[str, Any]]
+
+
+class ParametricMemory:
+    """Parametric memory of one runtime; get it as ``MemOS.parametric``."""
+
+    def __init__(self, mos: MemOS, llm: LocalLLM | None = None) -> None:
+        self.mos = mos
+        self._llm = llm
+        self.root = Path(mos.settings.home) / "adapters"
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ model
+
+    @property
+    def llm(self) -> LocalLLM:
+        if self._llm is None:
+            from memosys.models.llm import make_llm
+            from memosys.models.local_llm import LocalLLM
+
+            s = self.mos.settings
+            llm = make_llm(s.llm, cache_dir=s.llm_cache_dir, home=s.home)
+            if not isinstance(llm, LocalLLM):
+                raise LLMError(f"parametric memory needs the local model; configured: {llm.id}")
+            self._llm = llm
+        return self._llm
+
+    @property
+    def bank(self) -> AdapterBank:
+        return bank_for(self.llm)
+
+    # ------------------------------------------------------------------ distillation
+
+    def distil(
+        self,
+        cube: str,
+        memory_ids: Sequence[str] | None = None,
+        *,
+        name: str | None = None,
+        method: Method = "template",
+        config: TrainConfig | None = None,
+        move: bool = False,
+        evaluate: bool = True,
+        replay: int | None = None,
+        progress: StepProgress | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> AdapterRecord:
+        """Distil memories of ``cube`` into a new adapter and record it in the cube.
+
+        ``memory_ids``: which memories (default: every active fact, preference, rule and
+        persona memory of the cube). ``method``: ``"template"`` answers from the memory text,
+        ``"context"`` answers as the base model does with the memory in its context (context
+        distillation). ``replay``: how many replay prompts (default all). Interrupted
+        (Ctrl-C, ``should_stop``) it raises
+        :class:`~memosys.errors.TrainingInterrupted`; the same call again resumes."""
+        if method not in METHODS:
+            raise ValidationError(f"method must be one of {list(METHODS)}, got {method!r}")
+        config = config or TrainConfig()
+        found = self.mos.get_cube(cube)
+        sources = self._sources(found.id, memory_ids)
+        llm = self.llm
+        examples = self._examples(sources, method, len(REPLAY_PROMPTS) if replay is None
+                                  else replay)
+        tokens = [self._encode(e) for e in examples]
+        digest = data_hash(tokens)
+        adapter_id = new_id()
+        work = self.root / found.id / f".train-{digest[:16]}"
+        probes_before = self._probe(sources, None) if evaluate else []
+        trained = train_adapter(
+            self.bank, _bank_name(adapter_id), tokens, config, work, digest,
+            progress=progress, should_stop=should_stop,
+        )
+        try:
+            return self._store(found.id, adapter_id, name, sources, examples, digest, method,
+                               config, trained, probes_before, move=move, evaluate=evaluate,
+                               work=work, fingerprint=llm.model_fingerprint)
+        except BaseException:
+            self.bank.remove(_bank_name(adapter_id))
+            raise
+
+    def _sources(self, cube_id: str, memory_ids: Sequence[str] | None) -> list[MemoryItem]:
+        if memory_ids is None:
+            flt = ItemFilter(cube_ids=(cube_id,), memory_types=STABLE_TYPES)
+            items = self.mos.vault.list_items(flt, limit=MAX_SOURCES + 1, offset=0)
+            items = [i for i in items if i.kind == MemoryKind.PLAINTEXT]
+        else:
+            if isinstance(memory_ids, str) or not memory_ids:
+                raise ValidationError("memory_ids must be a non-empty list of ids")
+            ids = list(dict.fromkeys(memory_ids))
+            got = self.mos.vault.get_many(ids)
+            items = []
+            for mid in ids:
+                item = got.get(mid)
+                if item is None or item.cube_id != cube_id:
+                    raise NotFoundError(f"no memory {mid!r} in this cube")
+                if item.kind != MemoryKind.PLAINTEXT or item.state != MemoryState.ACTIVE:
+                    raise ValidationError(
+                        f"memory {mid} is {item.kind.value}/{item.state.value}; only active "
+                        "plaintext memories can be distilled"
+                    )
+                items.append(item)
+        if not items:
+            raise ValidationError("no memories to distil (the cube has no active facts, "
+                                  "preferences, rules or persona memories)")
+        if len(items) > MAX_SOURCES:
+            raise ValidationError(f"at most {MAX_SOURCES} memories per adapter; pass memory_ids")
+        return items
+
+    def _examples(self, sources: list[MemoryItem], method: Method, replay: int) -> list[Example]:
+        out: list[Example] = []
+        for item in sources:
+            shape = parse_fact(item.text)
+            for question, kind in questions_for(shape):
+                if method == "context":
+                    answer = self._teacher(item.text, question)
+                    out.append(Example(question, answer.text, item.id, kind,
+                                       answer.finish_reason == "stop"))
+                else:
+                    out.append(Example(question, " ".join(item.text.split()), item.id, kind))
+        out.extend(self._replay(replay))
+        return out
+
+    def _teacher(self, memory: str, question: str) -> ChatResult:
+        """The base model with the memory in its context: the context-distillation teacher."""
+        messages = [
+            {"role": "system", "content": TEACHER_PROMPT.format(memory=memory)},
+            {"role": "user", "content": question},
+        ]
+        with self.bank.using(None):
+            return self.llm.chat(messages, max_new_tokens=PROBE_TOKENS)
+
+    def _replay(self, count: int) -> list[Example]:
+        """The base model's answers to the first ``count`` replay prompts, cached per model."""
+        if not 0 <= count <= len(REPLAY_PROMPTS):
+            raise ValidationError(f"replay must be in 0..{len(REPLAY_PROMPTS)}, got {count}")
+        path = self.root / f"replay-{self.llm.model_fingerprint[:16]}.json"
+        rows: list[dict[str, Any]] = []
+        try:
+            cached = json.loads(path.read_text())
+            for prompt, row in zip(REPLAY_PROMPTS, cached, strict=False):
+                if row["question"] != prompt:
+                    break
+                rows.append({"question": prompt, "answer": str(row["answer"]),
+                             "complete": bool(row["complete"])})
+        except (OSError, ValueError, KeyError, TypeError):
+            rows = []
+        if len(rows) < count:
+            with self.bank.using(None):
+                for prompt in REPLAY_PROMPTS[len(rows):count]:
+                    r = self.llm.chat([{"role": "user", "content": prompt}],
+                                      max_new_tokens=REPLAY_TOKENS)
+                    rows.append({"question": prompt, "answer": r.text,
+                                 "complete": r.finish_reason == "stop"})
+            _write_atomic(path, json.dumps(rows, indent=1).encode())
+        return [Example(r["question"], r["answer"], None, "replay", r["complete"])
+                for r in rows[:count]]
+
+    def _encode(self, example: Example) -> tuple[list[int], list[int]]:
+        llm = self.llm
+        prompt = llm.apply_chat_template([{"role": "user", "content": example.question}])
+        answer = [int(t) for t in llm.tokenizer(example.answer, add_special_tokens=False)
+                  ["input_ids"]]
+        if example.complete:
+            answer.append(int(llm.tokenizer.eos_token_id))
+        if not answer:
+            answer = [int(llm.tokenizer.eos_token_id)]
+        return prompt, answer
+
+    def _probe(self, sources: list[MemoryItem], adapter: str | None) -> list[dict[str, Any]]:
+        """Closed-book answers to a held-out question per source (``adapter`` None: base)."""
+        rows = []
+        with self.bank.using({adapter: 1.0} if adapter else None):
+            for item in sources:
+                shape = parse_fact(item.text)
+                question = probe_question(shape)
+                answer = self.llm.chat([{"role": "user", "content": question}],
+                                       max_new_tokens=PROBE_TOKENS).text
+                hit = None if shape.value is None else _contains(answer, shape.value)
+                rows.append({"source_id": item.id, "question": question,
+                             "expected": shape.value, "answer": answer, "hit": hit})
+        return rows
+
+    def _store(
+        self,
+        cube_id: str,
+        adapter_id: str,
+        name: str | None,
+        sources: list[MemoryItem],
+        examples: list[Example],
+        digest: str,
+        method: Method,
+        config: TrainConfig,
+        trained: TrainResult,
+        probes_before: list[dict[str, Any]],
+        *,
+        move: bool,
+        evaluate: bool,
+        work: Path,
+        fingerprint: str,
+    ) -> AdapterRecord:
+        from safetensors.torch import save
+
+        probes_after = self._probe(sources, _bank_name(adapter_id)) if evaluate else []
+        versions = {s.id: s.version + (1 if move else 0) for s in sources}
+        header = {
+            "format": FORMAT,
+            "id": adapter_id,
+            "name": name or f"adapter-{adapter_id[-8:]}",
+            "cube_id": cube_id,
+            "base_model": {"id": self.llm.id, "fingerprint": fingerprint},
+            "lora": self.bank.spec(_bank_name(adapter_id)).to_json(),
+            "sources": [
+                {"id": s.id, "version": versions[s.id], "text_sha256": _sha(s.text)}
+                for s in sources
+            ],
+            "data": {
+                "method": method, "sha256": digest, "examples": len(examples),
+                "replay": sum(e.kind == "replay" for e in examples),
+            },
+            "training": {
+                "steps": trained.steps, "batch_size": config.batch_size,
+                "learning_rate": config.learning_rate, "seed": config.seed,
+                "loss_curve": trained.loss_curve, "train_s": round(trained.seconds, 2),
+                "resumed_from": trained.resumed_from,
+            },
+            "eval": _eval_summary(probes_before, probes_after),
+            "moved_sources": move,
+            "created_at": utcnow().isoformat(timespec="seconds"),
+        }
+        path = self.root / cube_id / f"{adapter_id}.safetensors"
+        blob = save(trained.tensors, metadata={HEADER_KEY: json.dumps(header)})
+        _write_atomic(path, blob)
+        text = (f"LoRA adapter {header['name']!r} holding {len(sources)} distilled memories "
+                f"({method}, {trained.steps} steps)")
+        record = MemoryItem(
+            id=adapter_id, cube_id=cube_id, kind=MemoryKind.PARAMETRIC,
+            memory_type=MemoryType.SKILL, text=text, state=MemoryState.ARCHIVED,
+            tags=[ADAPTER_TAG], derived_from=[s.id for s in sources],
+            metadata={"adapter": {"status": READY, "header": header,
+                                  "file": path.name}},
+        )
+        writes = [Write(record, "distil", None, self.mos.embedder.embed([text])[0])]
+        if move:
+            writes += [_state_write(s, MemoryState.ARCHIVED, "distil") for s in sources]
+        try:
+            stored = self.mos.vault.commit(cube_id, writes)[0]
+        except ConflictError:
+            path.unlink(missing_ok=True)
+            raise ConflictError("a source memory changed during training; distil again") from None
+        _remove_tree(work)
+        return AdapterRecord(stored, path)
+
+    def rebuild(self, adapter_id: str, **kwargs: Any) -> AdapterRecord:
+        """Distil a stale adapter's surviving sources again (current versions) and retire it."""
+        old = self.get(adapter_id)
+        alive = self.mos.vault.get_many([s["id"] for s in old.sources])
+        keep = [i for i in alive.values() if i.state in (MemoryState.ACTIVE,
+                                                         MemoryState.ARCHIVED)]
+        if old.header.get("moved_sources"):
+            restored = [_state_write(i, MemoryState.ACTIVE, "rebuild") for i in keep
+                        if i.state == MemoryState.ARCHIVED]
+            if restored:
+                self.mos.vault.commit(old.cube_id, restored)
+        if not keep:
+            raise ValidationError(f"adapter {adapter_id} has no surviving source memories")
+        kwargs.setdefault("name", old.name)
+        kwargs.setdefault("method", old.header.get("data", {}).get("method", "template"))
+        kwargs.setdefault("move", bool(old.header.get("moved_sources")))
+        fresh = self.distil(old.cube_id, [i.id for i in keep], **kwargs)
+        if old.status != RETIRED:
+            self._set_status(old, RETIRED, f"rebuilt as {fresh.id}")
+        return fresh
+
+    # ------------------------------------------------------------------ records and status
+
+    def records(self, cube: str | None = None) -> list[AdapterRecord]:
+        """Every adapter record (of one cube or all), with staleness checked now."""
+        cube_ids = [self.mos.vault.get_cube(cube).id] if cube else [
+            c.id for c in self.mos.vault.list_cubes()
+        ]
+        out = []
+        for cid in cube_ids:
+            flt = ItemFilter(cube_ids=(cid,), tags=(ADAPTER_TAG,), states=())
+            items = self.mos.vault.list_items(flt, limit=10_000, offset=0)
+            for item in items:
+                if item.kind == MemoryKind.PARAMETRIC and item.state != MemoryState.DELETED:
+                    out.append(self.check(self._record(item)))
+        return out
+
+    def get(self, adapter_id: str) -> AdapterRecord:
+        item = self.mos.vault.get_many([adapter_id]).get(adapter_id)
+        if item is None or item.kind != MemoryKind.PARAMETRIC or ADAPTER_TAG not in item.tags:
+            raise NotFoundError(f"no adapter {adapter_id!r}")
+        return self.check(self._record(item))
+
+    def _record(self, item: MemoryItem) -> AdapterRecord:
+        file = str(item.metadata.get("adapter", {}).get("file", f"{item.id}.safetensors"))
+        return AdapterRecord(item, self.root / item.cube_id / Path(file).name)
+
+    def check(self, record: AdapterRecord) -> AdapterRecord:
+        """Re-read the sources; flag (and unload) the adapter if one changed or went away."""
+        if record.status in (RETIRED, ERASED):
+            return record
+        if record.item.state == MemoryState.DELETED:
+            self.bank.remove(record.bank_name)
+            return record
+        ids = [s["id"] for s in record.sources]
+        current = self.mos.vault.get_many(ids)
+        status, reason = READY, None
+        for src in record.sources:
+            item = current.get(src["id"])
+            if item is None:
+                status, reason = ERASED, f"source {src['id']} was purged"
+                break
+            if item.state == MemoryState.DELETED:
+                status, reason = STALE, f"source {src['id']} was deleted"
+            elif item.version != src["version"] and status == READY:
+                status, reason = STALE, (f"source {src['id']} changed (version "
+                                         f"{src['version']} -> {item.version})")
+        if status == READY and record.status == READY:
+            return record
+        if status == READY:
+            status, reason = record.status, record.reason  # stale stays stale until rebuilt
+        self.bank.remove(record.bank_name)
+        if status == ERASED:
+            record.path.unlink(missing_ok=True)  # the weights hold what was erased
+        if status != record.status or reason != record.reason:
+            record = self._set_status(record, status, reason)
+        return record
+
+    def _set_status(
+        self, record: AdapterRecord, status: str, reason: str | None,
+        extra: dict[str, Any] | None = None, also: Sequence[Write] = (),
+    ) -> AdapterRecord:
+        meta = dict(record.item.metadata)
+        meta["adapter"] = {**record.meta, "status": status, "reason": reason, **(extra or {})}
+        update = Write(record.item.model_copy(update={"metadata": meta}), status,
+                       record.item.version, None)
+        try:
+            stored = self.mos.vault.commit(record.cube_id, [update, *also])[0]
+        except ConflictError:
+            # Someone else flagged it first; their write is as good as ours.
+            return self._record(self.mos.vault.get_many([record.id])[record.id])
+        return AdapterRecord(stored, record.path)
+
+    # ------------------------------------------------------------------ serving
+
+    def selection(
+        self,
+        cube_ids: Sequence[str] | str,
+        *,
+        user: str | None = None,
+        scale: float = 1.0,
+    ) -> AdapterSelection:
+        """The ready adapters of these cubes (loaded now) that ``user`` may use, at ``scale``.
+
+        A cube owned by someone other than ``user`` contributes nothing."""
+        if isinstance(cube_ids, str):
+            cube_ids = [cube_ids]
+        chosen: dict[str, float] = {}
+        for cube in cube_ids:
+            found = self.mos.vault.get_cube(cube)
+            if user is not None and found.owner is not None and found.owner != user:
+                continue
+            for record in self.records(found.id):
+                if record.status != READY:
+                    continue
+                if user is not None and record.item.owner not in (None, user):
+                    continue
+                self._ensure_loaded(record)
+                chosen[record.bank_name] = scale
+        return AdapterSelection.of(chosen)
+
+    def covered(self, cube_ids: Sequence[str] | str, *, user: str | None = None) -> dict[str, str]:
+        """memory id -> ready adapter id holding it, for the scheduler to skip in prompts."""
+        if isinstance(cube_ids, str):
+            cube_ids = [cube_ids]
+        out: dict[str, str] = {}
+        for cube in cube_ids:
+            found = self.mos.vault.get_cube(cube)
+            if user is not None and found.owner is not None and found.owner != user:
+                continue
+            for record in self.records(found.id):
+                if record.status == READY:
+                    out.update({s["id"]: record.id for s in record.sources})
+        return out
+
+    def _ensure_loaded(self, record: AdapterRecord) -> None:
+        from safetensors import safe_open
+
+        bank = self.bank
+        if record.bank_name in bank:
+            return
+        with self._lock:
+            if record.bank_name in bank:
+                return
+            try:
+                with safe_open(str(record.path), framework="pt") as fh:
+                    header = json.loads((fh.metadata() or {})[HEADER_KEY])
+                    tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+            except (OSError, KeyError, ValueError) as exc:
+                raise LLMError(f"adapter file {record.path} is missing or damaged: {exc}") from exc
+            if header.get("id") != record.id:
+                raise LLMError(f"adapter file {record.path} belongs to {header.get('id')}")
+            if header["base_model"]["fingerprint"] != self.llm.model_fingerprint:
+                raise LLMError(f"adapter {record.id} was trained for another base model")
+            bank.load(record.bank_name, LoraSpec.from_json(header["lora"]), tensors)
+
+    def chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        cube_ids: Sequence[str] | str,
+        user: str | None = None,
+        scale: float = 1.0,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        stop: Sequence[str] | str | None = None,
+        seed: int | None = None,
+    ) -> ChatResult:
+        """Answer with the cubes' ready adapters attached (and nothing in the prompt)."""
+        selection = self.selection(cube_ids, user=user, scale=scale)
+        with self.bank.using(selection):
+            return self.llm.chat(messages, max_new_tokens=max_new_tokens,
+                                 temperature=temperature, stop=stop, seed=seed)
+
+    # ------------------------------------------------------------------ retirement
+
+    def retire(self, adapter_id: str, *, probe: bool = True) -> RetireResult:
+        """Parametric -> plaintext: sources active again, probe answers kept for audit."""
+        record = self.get(adapter_id)
+        if record.status == RETIRED:
+            raise ConflictError(f"adapter {adapter_id} is already retired")
+        current = self.mos.vault.get_many([s["id"] for s in record.sources])
+        probes: list[dict[str, Any]] = []
+        if probe and record.status == READY:
+            self._ensure_loaded(record)
+            alive = [current[s["id"]] for s in record.sources if s["id"] in current]
+            probes = self._probe(alive, record.bank_name)
+        restore = [_state_write(i, MemoryState.ACTIVE, "retire") for i in current.values()
+                   if i.state == MemoryState.ARCHIVED]
+        self.bank.remove(record.bank_name)
+        retired = self._set_status(
+            record, RETIRED, f"retired at {utcnow().isoformat(timespec='seconds')}",
+            extra={"retire_probes": probes}, also=restore,
+        )
+        restored = [self.mos.get(s["id"]) for s in record.sources if s["id"] in current]
+        return RetireResult(retired, restored, probes)
+
+
+def _bank_name(adapter_id: str) -> str:
+    return "p" + adapter_id.replace("-", "")
+
+
+def _state_write(item: MemoryItem, state: MemoryState, op: str) -> Write:
+    return Write(item.model_copy(update={"state": state}), op, item.version, None)
+
+
+def _contains(answer: str, value: str) -> bool:
+    return _norm(value) in _norm(answer)
+
+
+def _norm(text: str) -> str:
+    return " ".join("".join(c.lower() if c.isalnum() else " " for c in text).split())
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _eval_summary(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> dict[str, Any]:
+    def rate(rows: list[dict[str, Any]]) -> float | None:
+        scored = [r["hit"] for r in rows if r["hit"] is not None]
+        return round(sum(scored) / len(scored), 4) if scored else None
+
+    return {
+        "recall_before": rate(before), "recall_after": rate(after),
+        "probes": [{**a, "base_answer": b["answer"], "base_hit": b["hit"]}
+                   for b, a in zip(before, after, strict=False)],
+    }
+
+
+def _write_atomic(path: Path, blob: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as fh:
+        fh.write(blob)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,163 @@
+"""Training data for parametric memory: questions, answers and replay from memories.
+
+Each memory becomes a few chat examples ``(question, answer)``:
+
+* **Q/A from templates.** A memory shaped like ``"<subject>'s <attribute> is <value>."`` gives
+  questions about the attribute ("What is Ana's hometown?"), answered with the memory
+  sentence; the value is known, so recall can be scored by containment. Any memory also gives
+  statement examples: "What do you know about <subject>?" answered by the memory text, the
+  subject being its leading name (capitalised words) or first words.
+* **Context distillation** (``method="context"``): the same questions, but the answer is the
+  *teacher's* - the base model answering with the memory in its context - so the adapter
+  learns to behave, without the text, as the model does with it (sequence-level context
+  distillation). This is the activation -> parametric route.
+* **Replay**: the base model's own greedy answers to unrelated prompts
+  (:data:`REPLAY_PROMPTS`), so the adapter keeps general behaviour. A different, fixed set
+  (:data:`UNRELATED_QUESTIONS`) is held out to measure forgetting.
+
+The data hash (sha256 over the examples' exact token ids) goes into the adapter header and
+names the training checkpoint, so a resumed run is provably the same training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "REPLAY_PROMPTS",
+    "UNRELATED_QUESTIONS",
+    "Example",
+    "FactShape",
+    "Method",
+    "data_hash",
+    "parse_fact",
+    "probe_question",
+    "questions_for",
+]
+
+Method = Literal["template", "context"]
+METHODS: tuple[str, ...] = ("template", "context")
+
+
+@dataclass(frozen=True)
+class FactShape:
+    """What a memory says, as far as templates can tell."""
+
+    subject: str
+    attribute: str | None = None
+    value: str | None = None
+    """Known for ``"<subject>'s <attribute> is <value>"``; probes are then scorable."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One chat training example: the user turn and the assistant answer it should give."""
+
+    question: str
+    answer: str
+    source_id: str | None
+    """The memory it teaches; ``None`` for replay."""
+    kind: Literal["qa", "statement", "replay"]
+    complete: bool = True
+    """Whether the answer is a whole turn (then the end-of-turn token is trained too)."""
+
+
+_POSSESSIVE = re.compile(
+    r"^(?P<subject>[^.?!]+?)['’]s (?P<attribute>[^.?!]+?) (?:is|are|was|were) "
+    r"(?P<value>[^?!]+?)[.!]?$"
+)
+_LEADING_NAME = re.compile(r"^((?:[A-Z][\w'’\-]*)(?:\s+[A-Z][\w'’\-]*)*)")
+
+
+def parse_fact(text: str) -> FactShape:
+    text = " ".join(text.split())
+    m = _POSSESSIVE.match(text)
+    if m:
+        return FactShape(m["subject"].strip(), m["attribute"].strip(), m["value"].strip())
+    name = _LEADING_NAME.match(text)
+    subject = name.group(1) if name and name.group(1) not in {"I", "The", "A", "An"} else ""
+    if not subject:
+        subject = " ".join(text.rstrip(".!?").split()[:4])
+    return FactShape(subject)
+
+
+def questions_for(shape: FactShape) -> list[tuple[str, Literal["qa", "statement"]]]:
+    """Training questions for a memory (the probe phrasing is not among them)."""
+    out: list[tuple[str, Literal["qa", "statement"]]] = []
+    if shape.attribute is not None:
+        out.append((f"What is {shape.subject}'s {shape.attribute}?", "qa"))
+        out.append((f"Do you know {shape.subject}'s {shape.attribute}?", "qa"))
+    out.append((f"What do you know about {shape.subject}?", "statement"))
+    return out
+
+
+def probe_question(shape: FactShape) -> str:
+    """A held-out phrasing used to check recall (never trained on)."""
+    if shape.attribute is not None:
+        return f"Tell me {shape.subject}'s {shape.attribute}."
+    return f"Tell me about {shape.subject}."
+
+
+def data_hash(token_examples: Sequence[tuple[Sequence[int], Sequence[int]]]) -> str:
+    digest = hashlib.sha256()
+    for prompt, answer in token_examples:
+        digest.update(json.dumps([list(prompt), list(answer)]).encode())
+    return digest.hexdigest()
+
+
+# Replay: the base model's own answers to these are trained on to keep general behaviour.
+REPLAY_PROMPTS: tuple[str, ...] = (
+    "What is the boiling point of water at sea level?",
+    "Name three primary colors.",
+    "What is 12 times 11?",
+    "Who wrote Romeo and Juliet?",
+    "What is photosynthesis?",
+    "Give me a synonym for happy.",
+    "What is the largest planet in the solar system?",
+    "How many days are in a leap year?",
+    "What language is spoken in Brazil?",
+    "What does a thermometer measure?",
+    "Translate 'thank you' into Spanish.",
+    "What is the chemical symbol for gold?",
+    "Write one sentence about autumn.",
+    "What is the square root of 81?",
+    "Which ocean is the largest?",
+    "What do bees make?",
+    "What is the opposite of cold?",
+    "How many legs does a spider have?",
+    "What is the capital of Japan?",
+    "Explain what a noun is.",
+    "Tell me about your favourite book.",
+    "Who is the president of the moon?",
+    "What do you know about Marie Curie?",
+    "What is my name?",
+)
+
+# Held out from training: forgetting is measured on these (question, reference answer).
+UNRELATED_QUESTIONS: tuple[tuple[str, str], ...] = (
+    ("What is the capital of France?", "Paris"),
+    ("What is the capital of Italy?", "Rome"),
+    ("How many continents are there?", "seven"),
+    ("What color is the sky on a clear day?", "blue"),
+    ("What is 2 plus 2?", "4"),
+    ("What gas do plants absorb from the air?", "carbon dioxide"),
+    ("Which planet is known as the Red Planet?", "Mars"),
+    ("What is the freezing point of water in Celsius?", "0"),
+    ("Who painted the Mona Lisa?", "Leonardo"),
+    ("What is the largest mammal?", "whale"),
+    ("How many hours are in a day?", "24"),
+    ("What is the main language spoken in Germany?", "German"),
+    ("What do cows drink?", "water"),
+    ("What is H2O commonly called?", "water"),
+    ("Which animal is known as the king of the jungle?", "lion"),
+    ("What is the opposite of up?", "down"),
+    ("How many sides does a triangle have?", "three"),
+    ("What is the capital of Spain?", "Madrid"),
+    ("What do you call a baby cat?", "kitten"),
+    ("Which star is closest to Earth?", "Sun"),
+)

@@ -1,0 +1,383 @@
+"""LoRA training for parametric memory: a small, deterministic, resumable loop on CPU.
+
+The adapter is trained in place on the shared local model (no second 540 MB copy): it is one
+more adapter in the :class:`~memosys.models.adapters.AdapterBank`, selected only for the
+training forwards, so concurrent chats keep running on their own weights between steps
+(each forward holds the model lock; backward and the optimizer step do not).
+
+Batches are a pure function of ``(seed, step)`` - each epoch is a seeded permutation of the
+examples - so a run resumed from a checkpoint takes exactly the steps the uninterrupted run
+would have. Checkpoints (adapter tensors, AdamW state, loss curve) are written every
+``checkpoint_every`` steps and on interruption into ``<workdir>/ckpt-<step>/``, then published
+by atomically replacing ``<workdir>/latest``; a checkpoint is used only if its data hash and
+training config equal the current ones.
+
+Loss: cross-entropy on the answer tokens only (prompt tokens are context), with left padding
+and explicit position ids so every example sees the positions it will see at serving time;
+logits are computed only for the answer span, which saves the vocabulary projection for the
+prompt.
+
+Speed (the CPU is the budget): by default only the top ``top_layers`` decoder layers get LoRA.
+The layers below them then compute the same hidden states at every step - their weights are
+frozen and no adapter touches them - so each example's hidden state entering the first adapted
+layer is computed once, up front, and every step runs only the adapted layers (forward and
+backward). With 12 of SmolLM2's 30 layers that makes a step ~2.5x cheaper; the loss is the
+same as a full forward's (tested).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from memosys.errors import TrainingInterrupted, ValidationError
+from memosys.models.adapters import DEFAULT_TARGETS, AdapterBank, AdapterSelection, LoraSpec
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["TokenExample", "TrainConfig", "TrainResult", "train_adapter"]
+
+TokenExample = tuple[list[int], list[int]]
+"""(prompt token ids, answer token ids)."""
+
+StepProgress = Callable[[int, int, float], None]
+"""Called after each step with (step done, total steps, loss)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """LoRA training knobs (defaults tuned on the bench's own training facts)."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    steps: int = 60
+    learning_rate: float = 2e-3
+    batch_size: int = 8
+    warmup_steps: int = 4
+    seed: int = 0
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    top_layers: int | None = 12
+    """Adapt only the top N decoder layers (None: all); see the module docstring."""
+    checkpoint_every: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValidationError(f"{name} must be a positive integer, got {value!r}")
+        if not 0 < self.learning_rate <= 1:
+            raise ValidationError(f"learning_rate must be in (0, 1], got {self.learning_rate}")
+        if self.warmup_steps < 0:
+            raise ValidationError("warmup_steps must be >= 0")
+        if self.top_layers is not None and (
+            isinstance(self.top_layers, bool) or not isinstance(self.top_layers, int)
+            or self.top_layers < 1
+        ):
+            raise ValidationError(f"top_layers must be a positive integer or None, "
+                                  f"got {self.top_layers!r}")
+        self.spec(1_000)  # validates rank/alpha/targets
+
+    def spec(self, num_layers: int) -> LoraSpec:
+        layers = None
+        if self.top_layers is not None and self.top_layers < num_layers:
+            layers = tuple(range(num_layers - self.top_layers, num_layers))
+        return LoraSpec(self.rank, self.alpha, tuple(self.target_modules), layers)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["target_modules"] = list(self.target_modules)
+        return data
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up, then cosine decay to a tenth of the peak."""
+        if step < self.warmup_steps:
+            return self.learning_rate * (step + 1) / (self.warmup_steps + 1)
+        span = max(1, self.steps - self.warmup_steps)
+        progress = (step - self.warmup_steps) / span
+        return self.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    loss_curve: list[float]
+    seconds: float
+    """Training time of this call (a resumed run counts only its own steps)."""
+    resumed_from: int = 0
+    tensors: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def batch_indices(n_examples: int, step: int, batch_size: int, seed: int) -> list[int]:
+    out = []
+    for k in range(step * batch_size, (step + 1) * batch_size):
+        epoch, pos = divmod(k, n_examples)
+        order = list(range(n_examples))
+        random.Random(f"{seed}:{epoch}").shuffle(order)
+        out.append(order[pos])
+    return out
+
+
+def train_adapter(
+    bank: AdapterBank,
+    name: str,
+    examples: Sequence[TokenExample],
+    config: TrainConfig,
+    workdir: Path,
+    data_hash: str,
+    *,
+    progress: StepProgress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Train adapter ``name`` (created here, left loaded) on ``examples``; resumable."""
+    import torch
+
+    if not examples:
+        raise ValidationError("nothing to train on")
+    bank.remove(name)  # a leftover of an interrupted run in this process
+    spec = config.spec(int(bank.llm.model.config.num_hidden_layers))
+    params = bank.create(name, spec, trainable=True)
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    workdir.mkdir(parents=True, exist_ok=True)
+    start, losses = _resume(bank, name, optimizer, workdir, data_hash, config)
+    selection = AdapterSelection.of({name: 1.0})
+    pad_id = int(bank.llm.tokenizer.pad_token_id or 0)
+    started = time.perf_counter()
+    split = min(spec.layers) if spec.layers else 0
+    frozen = _frozen_states(bank, examples, split) if split and start < config.steps else None
+    step = start
+    try:
+        while step < config.steps:
+            if should_stop is not None and should_stop():
+                raise KeyboardInterrupt
+            picked = batch_indices(len(examples), step, config.batch_size, config.seed)
+            batch = [examples[i] for i in picked]
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr_at(step)
+            if frozen is not None:
+                loss = _loss_from(bank, selection, [frozen[i] for i in picked], batch, split)
+            else:
+                loss = _loss(bank, selection, batch, pad_id)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(round(float(loss.detach()), 5))
+            step += 1
+            if progress is not None:
+                progress(step, config.steps, losses[-1])
+            if step % config.checkpoint_every == 0 and step < config.steps:
+                _save(bank, name, optimizer, workdir, step, losses, data_hash, config)
+    except KeyboardInterrupt:
+        _save(bank, name, optimizer, workdir, step, losses, data_hash, config)
+        for p in params:
+            p.requires_grad_(False)
+        raise TrainingInterrupted(
+            f"training stopped at step {step} of {config.steps}; the checkpoint in {workdir} "
+            "resumes it (run the same distillation again)"
+        ) from None
+    for p in params:
+        p.requires_grad_(False)
+    seconds = time.perf_counter() - started
+    return TrainResult(config.steps, losses, seconds, start, bank.tensors(name))
+
+
+def _loss(
+    bank: AdapterBank, selection: AdapterSelection, batch: list[TokenExample], pad_id: int
+) -> torch.Tensor:
+    import torch
+
+    longest = max(len(p) + len(a) for p, a in batch)
+    answer_span = max(len(a) for _, a in batch)
+    ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), longest), dtype=torch.long)
+    targets = _targets(batch, answer_span)
+    for row, (prompt, answer) in enumerate(batch):
+        seq = prompt + answer
+        ids[row, longest - len(seq):] = torch.tensor(seq)
+        mask[row, longest - len(seq):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    model = bank.llm.model
+    with bank.llm.lock:
+        bank._apply(selection)
+        logits = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=False,
+            logits_to_keep=answer_span + 1,
+        ).logits
+    return _cross_entropy(logits, targets)
+
+
+class _Reached(Exception):
+    """Raised by a hook to stop a forward once the wanted layer input is captured."""
+
+
+def _frozen_states(
+    bank: AdapterBank, examples: Sequence[TokenExample], split: int, batch_size: int = 8
+) -> list[torch.Tensor]:
+    """Each example's hidden state entering decoder layer ``split`` (base weights below).
+
+    Batched with left padding (the real tokens' states equal the unpadded ones up to float
+    rounding), and each forward stops at layer ``split``: the layers above are not needed."""
+    import torch
+
+    model = bank.llm.model
+    captured: list[torch.Tensor] = []
+
+    def grab(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        captured.append(args[0] if args else kwargs["hidden_states"])
+        raise _Reached
+
+    out: list[torch.Tensor] = []
+    for start in range(0, len(examples), batch_size):
+        chunk = [p + a for p, a in examples[start:start + batch_size]]
+        longest = max(len(seq) for seq in chunk)
+        ids = torch.zeros((len(chunk), longest), dtype=torch.long)
+        mask = torch.zeros((len(chunk), longest), dtype=torch.long)
+        for row, seq in enumerate(chunk):
+            ids[row, longest - len(seq):] = torch.tensor(seq)
+            mask[row, longest - len(seq):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        captured.clear()
+        with bank.llm.lock, torch.no_grad():
+            bank._apply(AdapterSelection())
+            hook = model.model.layers[split].register_forward_pre_hook(grab, with_kwargs=True)
+            try:
+                model.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                            use_cache=False)
+            except _Reached:
+                pass
+            finally:
+                hook.remove()
+        hidden = captured[0]
+        for row, seq in enumerate(chunk):
+            out.append(hidden[row, longest - len(seq):].clone())
+    return out
+
+
+def _loss_from(
+    bank: AdapterBank,
+    selection: AdapterSelection,
+    states: list[torch.Tensor],
+    batch: list[TokenExample],
+    split: int,
+) -> torch.Tensor:
+    """The loss of :func:`_loss`, running only decoder layers ``split`` and above."""
+    import torch
+    from transformers.masking_utils import create_causal_mask
+
+    model = bank.llm.model
+    longest = max(int(h.shape[0]) for h in states)
+    answer_span = max(len(a) for _, a in batch)
+    hidden = torch.zeros((len(batch), longest, int(states[0].shape[1])), dtype=states[0].dtype)
+    mask = torch.zeros((len(batch), longest), dtype=torch.long)
+    targets = _targets(batch, answer_span)
+    for row, h in enumerate(states):
+        hidden[row, longest - h.shape[0]:] = h
+        mask[row, longest - h.shape[0]:] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with bank.llm.lock:
+        bank._apply(selection)
+        causal = create_causal_mask(
+            config=model.config, inputs_embeds=hidden, attention_mask=mask,
+            past_key_values=None, position_ids=positions,
+        )
+        rotary = model.model.rotary_emb(hidden, position_ids=positions)
+        for layer in model.model.layers[split:]:
+            hidden = layer(hidden, attention_mask=causal, position_ids=positions,
+                           position_embeddings=rotary)
+        logits = model.lm_head(model.model.norm(hidden[:, -(answer_span + 1):]))
+    return _cross_entropy(logits, targets)
+
+
+def _targets(batch: list[TokenExample], answer_span: int) -> torch.Tensor:
+    import torch
+
+    targets = torch.full((len(batch), answer_span), -100, dtype=torch.long)
+    for row, (_, answer) in enumerate(batch):
+        targets[row, answer_span - len(answer):] = torch.tensor(answer)
+    return targets
+
+
+def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    # logits[:, j] predicts the token after position (longest - answer_span - 1 + j).
+    logits = logits[:, :-1].float()
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+    )
+
+
+def _fingerprint(data_hash: str, config: TrainConfig) -> str:
+    cfg = config.to_json()
+    cfg.pop("checkpoint_every")  # saving more or less often trains the same adapter
+    return json.dumps({"data": data_hash, "config": cfg}, sort_keys=True)
+
+
+def _save(
+    bank: AdapterBank,
+    name: str,
+    optimizer: torch.optim.Optimizer,
+    workdir: Path,
+    step: int,
+    losses: list[float],
+    data_hash: str,
+    config: TrainConfig,
+) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    if step == 0:
+        return
+    target = workdir / f"ckpt-{step}"
+    tmp = workdir / f".ckpt-{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(bank.tensors(name), str(tmp / "adapter.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    state = {"step": step, "losses": losses, "fingerprint": _fingerprint(data_hash, config)}
+    (tmp / "state.json").write_text(json.dumps(state))
+    shutil.rmtree(target, ignore_errors=True)
+    os.rename(tmp, target)
+    pointer = workdir / ".latest.tmp"
+    pointer.write_text(target.name)
+    os.replace(pointer, workdir / "latest")  # the commit point of the checkpoint
+    for old in workdir.glob("ckpt-*"):
+        if old.name != target.name:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _resume(
+    bank: AdapterBank,
+    name: str,
+    optimizer: torch.optim.Optimizer,
+    workdir: Path,
+    data_hash: str,
+    config: TrainConfig,
+) -> tuple[int, list[float]]:
+    import torch
+    from safetensors.torch import load_file
+
+    try:
+        where = workdir / (workdir / "latest").read_text().strip()
+        state = json.loads((where / "state.json").read_text())
+    except (OSError, ValueError):
+        return 0, []
+    if state.get("fingerprint") != _fingerprint(data_hash, config):
+        return 0, []  # other data or knobs: start afresh (the old checkpoint is overwritten)
+    step = int(state["step"])
+    if not 0 < step <= config.steps:
+        return 0, []
+    bank.set_tensors(name, load_file(str(where / "adapter.safetensors")))
+    optimizer.load_state_dict(torch.load(where / "optimizer.pt", weights_only=True))
+    return step, [float(x) for x in state["losses"]][:step]

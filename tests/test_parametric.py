@@ -1,0 +1,215 @@
+"""Parametric memory against the real SmolLM2 model: real LoRA training, real serving.
+
+Training is kept tiny (two invented facts, a few steps); the model is dequantized and loaded
+once for this module, and one trained adapter is shared by the serving tests. The other
+lifecycle tests train a one- or three-step adapter: they check records, not recall.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from memosys.config import Settings
+from memosys.errors import TrainingInterrupted
+from memosys.memories.parametric import ParametricMemory
+from memosys.memories.parametric_train import TrainConfig, _loss, _loss_from, batch_indices
+from memosys.models.adapters import AdapterSelection, bank_for
+from memosys.models.embed import Embedder
+from memosys.models.local_llm import MODEL_NAME, LocalLLM
+from memosys.system import MemOS
+
+FACTS = ["Quorvin Tallisander's hometown is Velbrook.", "Mirela Ostrava's boat's name is Saltmoth."]
+VALUES = ["Velbrook", "Saltmoth"]
+QUESTION = "What is Quorvin Tallisander's hometown?"
+TINY = TrainConfig(steps=12, batch_size=4, learning_rate=5e-3, warmup_steps=1, top_layers=8)
+NOOP = TrainConfig(steps=1, batch_size=2, top_layers=2)
+
+
+@pytest.fixture(scope="module")
+def llm(tmp_path_factory: pytest.TempPathFactory) -> LocalLLM:
+    return LocalLLM(cache_dir=tmp_path_factory.mktemp("llm") / MODEL_NAME).load()
+
+
+@pytest.fixture
+def pmos(home: Path, embedder: Embedder, llm: LocalLLM) -> Iterator[MemOS]:
+    runtime = MemOS(Settings.load(home), embedder=embedder)
+    runtime._parametric = ParametricMemory(runtime, llm)
+    yield runtime
+    for name in bank_for(llm).names():  # each test's adapters leave with its runtime
+        bank_for(llm).remove(name)
+    runtime.close()
+
+
+def ask(llm: LocalLLM, question: str = QUESTION, **kw: object) -> str:
+    return llm.chat([{"role": "user", "content": question}], max_new_tokens=20, **kw).text
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder,
+            llm: LocalLLM) -> tuple[Path, str, str]:
+    """(home, adapter id, base answer): alice's cube with an adapter holding FACTS."""
+    home = tmp_path_factory.mktemp("home")
+    base = ask(llm)
+    with MemOS(Settings.load(home), embedder=embedder) as mos:
+        mos._parametric = ParametricMemory(mos, llm)
+        mos.create_cube("alice", owner="alice")
+        ids = [mos.add("alice", text, user="alice")[0].id for text in FACTS]
+        record = mos.parametric.distil("alice", ids, config=TINY, replay=2, evaluate=False)
+    bank_for(llm).remove(record.bank_name)
+    return home, record.id, base
+
+
+@pytest.fixture
+def served(trained: tuple[Path, str, str], embedder: Embedder,
+           llm: LocalLLM) -> Iterator[MemOS]:
+    with MemOS(Settings.load(trained[0]), embedder=embedder) as mos:
+        mos._parametric = ParametricMemory(mos, llm)
+        yield mos
+
+
+def test_adapter_changes_the_answer_and_detaching_restores_it(
+    served: MemOS, trained: tuple[Path, str, str], llm: LocalLLM
+) -> None:
+    _, adapter_id, base = trained
+    assert "velbrook" not in base.lower()
+    record = served.parametric.get(adapter_id)
+    assert record.status == "ready"
+    header = record.header
+    assert header["base_model"]["fingerprint"] == llm.model_fingerprint
+    assert [s["version"] for s in header["sources"]] == [1, 1]
+    assert len(header["training"]["loss_curve"]) == TINY.steps
+    assert header["training"]["loss_curve"][-1] < header["training"]["loss_curve"][0]
+    # The file on disk carries the same header.
+    raw = record.path.read_bytes()
+    meta = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])["__metadata__"]
+    assert json.loads(meta["memosys_adapter"])["data"]["sha256"] == header["data"]["sha256"]
+
+    answer = served.parametric.chat([{"role": "user", "content": QUESTION}],
+                                    cube_ids="alice", user="alice", max_new_tokens=20).text
+    assert "velbrook" in answer.lower()
+    assert ask(llm) == base  # no adapter selected: the base model, bit for bit
+    with bank_for(llm).using(served.parametric.selection("alice", scale=0.0)):
+        assert ask(llm) == base  # scale 0 attaches nothing
+    # The record is kept out of plaintext retrieval.
+    hits = served.search("LoRA adapter distilled memories", "alice")
+    assert all(h.item.id != adapter_id for h in hits)
+
+
+def test_one_users_adapter_never_reaches_another(
+    served: MemOS, trained: tuple[Path, str, str], llm: LocalLLM
+) -> None:
+    _, adapter_id, base = trained
+    served.create_cube("bob", owner="bob")
+    pm = served.parametric
+    assert pm.selection("bob", user="bob") == AdapterSelection()
+    # Bob naming alice's cube still gets nothing from it.
+    assert pm.selection(["alice", "bob"], user="bob") == AdapterSelection()
+    assert pm.chat([{"role": "user", "content": QUESTION}], cube_ids=["alice", "bob"],
+                   user="bob", max_new_tokens=20).text == base
+    # Interleaved requests, token by token: each keeps the weights it started with.
+    bank = bank_for(llm)
+    with bank.using(pm.selection("alice", user="alice")):
+        alice = llm.stream([{"role": "user", "content": QUESTION}], max_new_tokens=20)
+    bob = llm.stream([{"role": "user", "content": QUESTION}], max_new_tokens=20)
+    parts: dict[str, list[str]] = {"alice": [], "bob": []}
+    live = {"alice": alice, "bob": bob}
+    while live:
+        for who in list(live):
+            try:
+                parts[who].append(next(live[who]))
+            except StopIteration:
+                del live[who]
+    assert "velbrook" in "".join(parts["alice"]).lower()
+    assert "".join(parts["bob"]) == base
+
+
+def test_deleting_a_source_makes_the_adapter_stale_and_unused(
+    pmos: MemOS, llm: LocalLLM
+) -> None:
+    pmos.create_cube("c")
+    ids = [pmos.add("c", text)[0].id for text in FACTS]
+    pm = pmos.parametric
+    record = pm.distil("c", ids, config=NOOP, replay=0, evaluate=False)
+    assert pm.selection("c").names == (record.bank_name,)
+    pmos.delete(ids[1])
+    after = pm.get(record.id)
+    assert after.status == "stale" and ids[1] in (after.reason or "")
+    assert pm.selection("c") == AdapterSelection()
+    assert record.bank_name not in bank_for(llm)
+    assert [r.status for r in pm.records("c")] == ["stale"]
+    # Purging (erasure) removes the weights too.
+    pmos.purge(ids[1])
+    erased = pm.get(record.id)
+    assert erased.status == "erased" and not erased.path.exists()
+
+
+def test_retiring_restores_the_memories_as_plaintext(pmos: MemOS) -> None:
+    pmos.create_cube("c")
+    ids = [pmos.add("c", text)[0].id for text in FACTS]
+    pm = pmos.parametric
+    record = pm.distil("c", ids, config=NOOP, replay=0, evaluate=False, move=True)
+    assert [pmos.get(i).state.value for i in ids] == ["archived", "archived"]
+    assert not pmos.search("Velbrook hometown", "c")
+    assert pm.get(record.id).status == "ready"  # moving does not make it stale
+
+    result = pm.retire(record.id)
+    assert [i.state.value for i in result.restored] == ["active", "active"]
+    assert [p["source_id"] for p in result.probes] == ids
+    assert all(p["answer"] for p in result.probes)
+    retired = pm.get(record.id)
+    assert retired.status == "retired"
+    assert retired.meta["retire_probes"] == result.probes
+    assert pm.selection("c") == AdapterSelection()
+    assert pmos.search("Velbrook hometown", "c")[0].item.id == ids[0]
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(pmos: MemOS) -> None:
+    pmos.create_cube("c")
+    ids = [pmos.add("c", FACTS[0])[0].id]
+    config = TrainConfig(steps=3, batch_size=2, top_layers=2, checkpoint_every=1)
+    seen: list[tuple[int, float]] = []
+
+    def stop_after_two() -> bool:
+        return len(seen) >= 2
+
+    with pytest.raises(TrainingInterrupted, match="step 2 of 3"):
+        pmos.parametric.distil("c", ids, config=config, replay=1, evaluate=False,
+                               progress=lambda s, _n, loss: seen.append((s, loss)),
+                               should_stop=stop_after_two)
+    record = pmos.parametric.distil("c", ids, config=config, replay=1, evaluate=False,
+                                    progress=lambda s, _n, loss: seen.append((s, loss)))
+    training = record.header["training"]
+    assert training["resumed_from"] == 2
+    assert [s for s, _ in seen] == [1, 2, 3]
+    assert training["loss_curve"] == [loss for _, loss in seen]
+    assert not list((pmos.settings.home / "adapters").rglob("ckpt-*"))  # cleaned up
+
+
+def test_frozen_prefix_training_computes_the_full_models_loss(llm: LocalLLM) -> None:
+    import torch
+
+    from memosys.memories.parametric_train import _frozen_states
+
+    bank = bank_for(llm)
+    tok = llm.tokenizer
+    batch = [
+        (llm.apply_chat_template([{"role": "user", "content": q}]),
+         tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+        for q, a in [(QUESTION, FACTS[0]), ("Hi", "Hello! How can I help you today?")]
+    ]
+    params = bank.create("equiv", TINY.spec(30), trainable=True)
+    try:
+        with torch.no_grad():
+            for p in params:
+                p.add_(torch.randn_like(p) * 0.01)  # B starts at 0: make the adapter count
+        selection = AdapterSelection.of({"equiv": 1.0})
+        full = _loss(bank, selection, batch, int(tok.pad_token_id))
+        fast = _loss_from(bank, selection, _frozen_states(bank, batch, 22), batch, 22)
+        assert abs(float(full) - float(fast)) < 1e-4
+    finally:
+        bank.remove("equiv")
+    assert batch_indices(5, 3, 2, 0) == batch_indices(5, 3, 2, 0)  # a pure function of step
