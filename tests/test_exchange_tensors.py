@@ -81,3 +81,38 @@ def test_cache_of_a_withheld_source_is_left_out(
     with zipfile.ZipFile(tmp_path / "c.mip") as z:
         assert not any(n.startswith("activation/") for n in z.namelist())
     assert report.memories == 1 and any(loaded.record_id in m for m in report.messages)
+
+
+def test_lora_adapter_round_trips_when_the_model_matches(
+    mos: MemOS, local: LocalLLM, tmp_path: Path, embedder: Embedder
+) -> None:
+    from memosys.memories.parametric import ParametricMemory
+    from memosys.memories.parametric_train import TrainConfig
+    from memosys.models.adapters import bank_for
+
+    mos._parametric = ParametricMemory(mos, local)
+    mos.create_cube("p")
+    ids = [mos.add("p", "Zorblat is the capital of Quenia.")[0].id]
+    record = mos.parametric.distil("p", ids, config=TrainConfig(steps=1, batch_size=2,
+                                                               top_layers=2),
+                                   replay=0, evaluate=False)
+    export_cube(mos, "p", tmp_path / "p.mip")
+    with zipfile.ZipFile(tmp_path / "p.mip") as z:
+        assert f"parametric/{record.id}.safetensors" in z.namelist()
+    try:
+        with MemOS(Settings.load(tmp_path / "same-model"), embedder=embedder) as target:
+            target._parametric = ParametricMemory(target, local)
+            result = import_archive(target, tmp_path / "p.mip", keep_ids=True,
+                                    model_fingerprint=local.model_fingerprint)
+            assert "installed 1 LoRA adapter(s)" in result.messages
+            copy = target.parametric.get(record.id)
+            assert copy.status == "ready" and copy.path.is_file()
+            assert copy.path.read_bytes() == record.path.read_bytes()
+        with MemOS(Settings.load(tmp_path / "other"), embedder=embedder) as other:
+            result = import_archive(other, tmp_path / "p.mip", keep_ids=True,
+                                    model_fingerprint="f" * 64)
+            assert "LoRA adapter(s) dropped" in result.dropped[0]
+            assert other.vault.get_many([record.id]) == {} and other.get(ids[0])
+    finally:
+        for name in bank_for(local).names():
+            bank_for(local).remove(name)

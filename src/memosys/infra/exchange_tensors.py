@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from memosys.errors import ArchiveError
 from memosys.types import MemoryItem, MemoryKind
@@ -47,10 +47,18 @@ class TensorKind:
     """The safetensors metadata key holding the header."""
     label: str
 
+    def header(self, record: MemoryItem) -> dict[str, Any]:
+        """The header the tensor file carries too (an adapter's record nests it under
+        `header`, next to its serving status)."""
+        meta = record.metadata.get(self.record_key)
+        if not isinstance(meta, dict):
+            return {}
+        if self.kind == MemoryKind.PARAMETRIC:
+            meta = meta.get("header")
+        return meta if isinstance(meta, dict) else {}
+
     def fingerprint(self, record: MemoryItem) -> str | None:
-        header = record.metadata.get(self.record_key)
-        if not isinstance(header, dict):
-            return None
+        header = self.header(record)
         if self.kind == MemoryKind.ACTIVATION:
             value = header.get("model_fingerprint")
         else:
@@ -131,10 +139,9 @@ def check_member(name: str, data: bytes, memories: dict[str, MemoryItem]) -> str
         embedded = json.loads(meta[spec.file_key])
     except (ValueError, KeyError, TypeError, AttributeError):
         raise ArchiveError(f"{name!r} has no readable memosys header") from None
-    expected = record.metadata.get(spec.record_key)
+    expected = spec.header(record)
     ident = "key" if spec.kind == MemoryKind.ACTIVATION else "id"
-    if not isinstance(embedded, dict) or not isinstance(expected, dict) or \
-            embedded.get(ident) != expected.get(ident):
+    if not isinstance(embedded, dict) or embedded.get(ident) != expected.get(ident):
         raise ArchiveError(f"{name!r}: its header does not match its record's")
     return record_id
 
