@@ -265,7 +265,8 @@ def import_archive(
     lacks (newer versions win; memories the cube lacks are added), "skip" leaves the cube
     as it is, "replace" swaps its content for the archive's; None refuses (ConflictError).
     `keep_ids` keeps the archive's cube and memory ids (else stable new ones).
-    `prune` (subscriptions): after a delta, purge memories the source no longer holds.
+    `prune` (subscriptions): after a delta, purge memories the source no longer holds, and
+    refuse (ConflictError) if a memory was changed locally: the copy is read-only.
     Activation caches and LoRA adapters are kept when ids are kept and the target's model
     (`model_fingerprint`, default: the bound local model's) is the one they were built
     for; otherwise they are dropped, listed in `report.dropped` (exchange_tensors)."""
@@ -333,7 +334,7 @@ def import_archive(
                                  same_cube=cube.id == header.id, fingerprint=fp)
         report.dropped.extend(why)
     entries, to_embed = _plan(mos, parsed, cube, keep_ids, merge=report.action == "merged",
-                              report=report, skip=drop)
+                              report=report, skip=drop, strict=prune)
     _embed(mos, entries, to_embed, progress, report, parsed)
     report.clock = mos.vault.import_versions(cube.id, entries, wipe=wipe, new_cube=new_cube)
     _install_tensors(mos, parsed, cube, drop, report)
@@ -355,6 +356,7 @@ def _plan(
     merge: bool,
     report: ImportReport,
     skip: set[str],
+    strict: bool = False,
 ) -> tuple[list[ImportedItem], list[tuple[int, int]]]:
     """The vault batch, plus (entry index, archive row) pairs still needing a vector."""
     idmap = {m.id: m.id if keep_ids else remapped_id(cube.id, m.id) for m in parsed.memories}
@@ -386,6 +388,8 @@ def _plan(
                     "earlier versions: import the full archive first")
             report.memories_added += 1
         else:
+            if strict:
+                _check_untouched(current, history)
             history = [r for r in history if r.item.version > current.version]
             if not history:
                 report.memories_unchanged += 1
@@ -410,6 +414,19 @@ def _labelled(mos: MemOS, cube_id: str, records: list[VersionRecord]) -> list[Ve
     """Sensitive data is labelled (or refused, per the target cube's policy) as on `add`."""
     items = mos._access.label(cube_id, [r.item for r in records])
     return [VersionRecord(i, r.clock, r.op, r.at) for i, r in zip(items, records, strict=True)]
+
+
+def _check_untouched(current: MemoryItem, history: list[VersionRecord]) -> None:
+    """A subscription's copy must not have changed locally: its version must be one the
+    source wrote, with the source's content (else merging would silently diverge)."""
+    last = history[-1].item.version
+    same = next((r.item for r in history if r.item.version == current.version), None)
+    if current.version > last or (same is not None and same.model_dump(exclude={"stats"})
+                                  != current.model_dump(exclude={"stats"})):
+        raise ConflictError(
+            f"memory {current.id} was changed in this installation (version "
+            f"{current.version}); a subscribed cube is read-only here, its changes come "
+            "from the publisher")
 
 
 def _moved(record: VersionRecord, cube_id: str, idmap: dict[str, str]) -> VersionRecord:
