@@ -149,10 +149,14 @@ def check_member(name: str, data: bytes, memories: dict[str, MemoryItem]) -> str
 def target_fingerprint(mos: MemOS) -> str | None:
     """The fingerprint of the model this installation binds caches/adapters to (loads the
     local model); None when it binds none (a remote chat model)."""
+    from memosys.errors import LLMError
     from memosys.models.local_llm import LocalLLM
 
-    llm = mos.llm
-    return llm.model_fingerprint if isinstance(llm, LocalLLM) else None
+    try:
+        llm = mos.llm
+        return llm.model_fingerprint if isinstance(llm, LocalLLM) else None
+    except LLMError:  # no local weights installed: nothing to bind caches to
+        return None
 
 
 def install(mos: MemOS, record: MemoryItem, data: bytes) -> Path:

@@ -38,7 +38,7 @@ app.add_typer(cubes_app, name="cubes")
 bench_app = typer.Typer(help="Reproducible benchmarks that print tables.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(db_app, name="db")
-register_exchange(app)
+register_exchange(app, bench_app)
 register_serve(app, bench_app)
 register(app)  # users, keys, share, acl, policy, audit, lifecycle, review, feedback
 register_parametric(app, bench_app)
