@@ -154,3 +154,26 @@ def test_ordinary_instructions_are_not_flagged() -> None:
     for text in ("Alice asked me to ignore the noise upstairs",
                  "The system administrator is Bob", "Forget about the party, it's cancelled"):
         assert injection_markers(text) == []
+
+
+def test_export_guard_checks_hides_and_redacts(shared, mos: MemOS) -> None:
+    from memosys.errors import NotFoundError
+    from memosys.infra.vault.base import ItemFilter
+
+    owner, reader, _, item = shared
+    mos.create_user("stranger")
+    stranger = mos.as_actor(mos.authenticate(mos.create_api_key("stranger")[1]))
+    with pytest.raises(NotFoundError):
+        stranger.export_guard("crm")
+    guard = reader.export_guard("crm")
+    assert guard.filter(ItemFilter(cube_ids=(guard.cube.id,))).viewer == "reader"
+    assert "jane@example.com" not in guard.redact(mos.get(item.id)).text
+    assert any(e.op == "export" for e in reader.audit_log())
+
+
+def test_a_writer_cannot_unmask_by_dropping_labels(shared) -> None:
+    owner, reader, _, item = shared
+    owner.share_cube("crm", "reader", ["read", "write"])
+    changed = reader.update(item.id, sensitivity=[], tags=["vip"])
+    assert changed.sensitivity == ["email", "payment_card"]
+    assert "jane@example.com" not in reader.get(item.id).text

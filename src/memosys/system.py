@@ -548,9 +548,10 @@ class MemOS(GovernanceAPI):
         fields = current.model_dump(exclude={"stats", "version", "updated_at"})
         fields.update(changes)
         item = validated(MemoryItem, **fields)
+        # Detected labels always come back: a writer cannot unmask text by dropping them.
+        [item] = self._access.label(current.cube_id, [item])
         vector = None
         if item.text != current.text:
-            [item] = self._access.label(current.cube_id, [item])
             embedded = {} if embedded is None else embedded
             if item.text not in embedded:
                 embedded[item.text] = self.embedder.embed([item.text])[0]

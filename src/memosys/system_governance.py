@@ -15,7 +15,8 @@ audit, cube policies, export redaction and the lifecycle entry points.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from memosys.access import DEFAULT_PII_POLICY, PII_POLICIES, Access
@@ -45,15 +46,22 @@ from memosys.infra.governance import (
     verify_chain,
 )
 from memosys.infra.pii import redact_item
-from memosys.types import MemoryItem
+from memosys.infra.vault.base import ItemFilter
+from memosys.types import MemCube, MemoryItem
 
 if TYPE_CHECKING:
     from memosys.infra.vault.base import Vault
     from memosys.operation.lifecycle import Lifecycle
     from memosys.system import MemOS
-    from memosys.types import MemCube
 
 AuditItems = Iterable[MemoryItem | tuple[str, int]]
+
+
+@dataclass(frozen=True)
+class ExportGuard:
+    cube: MemCube
+    filter: Callable[[ItemFilter], ItemFilter]
+    redact: Callable[[MemoryItem], MemoryItem]
 
 
 class GovernanceAPI:
@@ -252,6 +260,15 @@ class GovernanceAPI:
                     item = redact_item(item)
             out.append(item)
         return out
+
+    def export_guard(self, cube: str) -> ExportGuard:
+        """What an export of `cube` may contain, for the exchange code: the cube (NotFound
+        unless readable), `filter(flt)` (hides others' private memories) and
+        `redact(item)` (the cube's PII policy). Audited as an `export`."""
+        found = self._cube_for(cube, "read", "export")
+        self._audit("export", cube_id=found.id)
+        return ExportGuard(found, self._access.restrict,
+                           lambda item: self.redact_for_export([item])[0])
 
     # --- audit ---------------------------------------------------------------------------
     def _audit(self, op: str, *, cube_id: str | None = None, items: AuditItems = (),
