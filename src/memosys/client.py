@@ -9,15 +9,17 @@ against `memosys serve`:
     hits = mem.search("what does Alice drink?", "alice")
 
 Differences, by necessity: `progress` callbacks are not supported (the server does the
-work); `purge` of several ids is one request per id (each atomic, not all together).
+work); `purge` of several ids is one request per id (each atomic, not all together);
+`share_cube`, `audit_log` and `scheduler_decisions` return plain dicts (the JSON).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json as jsonlib
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, is_dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from pydantic_core import to_jsonable_python
@@ -26,6 +28,9 @@ from memosys import errors
 from memosys.infra.vault.base import Job, VersionRecord
 from memosys.operation.retrieval import SearchHit
 from memosys.types import MemCube, MemoryItem, MemoryType, Visibility
+
+if TYPE_CHECKING:
+    from memosys.operation.chat import ChatResult
 
 _ERRORS: dict[str, type[errors.MemosysError]] = {
     "invalid_input": errors.ValidationError,
@@ -60,6 +65,85 @@ class AddedItems(list[MemoryItem]):
         super().__init__(items)
         self.job = job
         self.extraction = extraction
+
+
+def _raise(code: str, message: str, status: int) -> errors.MemosysError:
+    cls = _ERRORS.get(code)
+    return cls(message) if cls is not None else RemoteError(code, message, status)
+
+
+def _error_of(resp: httpx.Response) -> errors.MemosysError:
+    try:
+        err = resp.json()["error"]
+        code, message = str(err["code"]), str(err["message"])
+    except (ValueError, KeyError, TypeError):
+        code, message = "error", f"HTTP {resp.status_code}: {resp.text[:500]}"
+    return _raise(code, message, resp.status_code)
+
+
+def _chat_result(data: dict[str, Any]) -> ChatResult:
+    from memosys.operation.chat import ChatResult, Usage
+    from memosys.operation.scheduler import MemoryDecision
+
+    usage = data["usage"]
+    return ChatResult(
+        text=data["text"], decisions=[MemoryDecision(**d) for d in data["decisions"]],
+        usage=Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"),
+                    usage.get("cached_tokens", 0)),
+        finish_reason=data["finish_reason"], model=data["model"], cube_id=data["cube_id"],
+        cube_ids=data["cube_ids"], scheduling_id=data["scheduling_id"],
+        events=data["events"], activation=data["activation"], written=data["written"],
+        job_id=data["job_id"], ttft_s=data["ttft_s"])
+
+
+class RemoteChatStream(Iterator[str]):
+    """`Client.chat(stream=True)`, like `ChatStream`: iterate for text deltas; once
+    exhausted `.result` is the `ChatResult`. `close()` early stops the answer (the server
+    then writes nothing back)."""
+
+    def __init__(self, http: httpx.Client, body: dict[str, Any]) -> None:
+        self._cm = http.stream("POST", "/api/v1/chat", json=body)
+        resp = self._cm.__enter__()
+        if not resp.is_success:
+            resp.read()
+            self._cm.__exit__(None, None, None)
+            raise _error_of(resp)
+        self._lines = resp.iter_lines()
+        self._result: ChatResult | None = None
+        self._done = False
+
+    def __iter__(self) -> RemoteChatStream:
+        return self
+
+    def __next__(self) -> str:
+        while not self._done:
+            line = next(self._lines, None)
+            if line is None or line == "data: [DONE]":
+                self.close()
+                break
+            if not line.startswith("data: "):
+                continue
+            event = jsonlib.loads(line.removeprefix("data: "))
+            if "delta" in event:
+                return str(event["delta"])
+            if "result" in event:
+                self._result = _chat_result(event["result"])
+            elif "error" in event:
+                self.close()
+                raise _raise(str(event["error"]["code"]), str(event["error"]["message"]), 200)
+        raise StopIteration
+
+    @property
+    def result(self) -> ChatResult:
+        if self._result is None:
+            raise errors.LLMError("the chat stream has not finished yet: iterate it to the "
+                                  "end first")
+        return self._result
+
+    def close(self) -> None:
+        if not self._done:
+            self._done = True
+            self._cm.__exit__(None, None, None)
 
 
 def _job(data: dict[str, Any]) -> Job:
@@ -108,15 +192,7 @@ class Client:
             raise errors.StorageError(f"memosys server unreachable: {exc}") from None
         if resp.is_success:
             return resp.json()
-        try:
-            err = resp.json()["error"]
-            code, message = str(err["code"]), str(err["message"])
-        except (ValueError, KeyError, TypeError):
-            code, message = "error", f"HTTP {resp.status_code}: {resp.text[:500]}"
-        cls = _ERRORS.get(code)
-        if cls is not None:
-            raise cls(message)
-        raise RemoteError(code, message, resp.status_code)
+        raise _error_of(resp)
 
     def _pages(self, path: str, params: dict[str, Any] | None = None) -> list[Any]:
         out: list[Any] = []
@@ -265,6 +341,56 @@ class Client:
 
     def feedback(self, item_id: str, delta: float) -> None:
         self._call("POST", "/feedback", json={"item_id": item_id, "delta": delta})
+
+    # --- chat ------------------------------------------------------------------------
+    def chat(
+        self,
+        messages: Sequence[Any],
+        *,
+        cube_ids: Sequence[str] | str | None = None,
+        user: str | None = None,
+        session: str | None = None,
+        stream: bool = False,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        remember: bool = True,
+    ) -> ChatResult | RemoteChatStream:
+        """`MemOS.chat` on the server: a `ChatResult`, or with `stream=True` a stream."""
+        if isinstance(cube_ids, str):
+            cube_ids = [cube_ids]
+        msgs = [m.model_dump(exclude_none=True, include={"role", "content", "name"})
+                if hasattr(m, "model_dump") else m for m in messages]
+        body = to_jsonable_python({
+            "messages": msgs, "cube_ids": list(cube_ids) if cube_ids else None,
+            "user": user, "session": session, "max_tokens": max_tokens,
+            "temperature": temperature, "remember": remember, "stream": stream})
+        body = {k: v for k, v in body.items() if v is not None}
+        if stream:
+            try:
+                return RemoteChatStream(self._http, body)
+            except httpx.HTTPError as exc:
+                raise errors.StorageError(f"memosys server unreachable: {exc}") from None
+        return _chat_result(self._call("POST", "/chat", json=body))
+
+    def scheduler_decisions(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Recent scheduling records (`MemOS.scheduler.recent_decisions`, as dicts)."""
+        return list(self._call("GET", "/scheduler/decisions", params={"limit": limit})["items"])
+
+    # --- sharing and audit -----------------------------------------------------------
+    def share_cube(self, cube: str, user: str,
+                   permissions: Sequence[str] | str = ("read",)) -> dict[str, Any]:
+        perms = [permissions] if isinstance(permissions, str) else list(permissions)
+        return dict(self._call("POST", f"/cubes/{_seg(cube)}/share",
+                               json={"user": user, "permissions": perms}))
+
+    def unshare_cube(self, cube: str, user: str) -> bool:
+        return bool(self._call("DELETE", f"/cubes/{_seg(cube)}/share/{_seg(user)}")["removed"])
+
+    def audit_log(self, *, cube: str | None = None, actor: str | None = None,
+                  item_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Newest first, as dicts (`AuditEntry.as_dict()`)."""
+        return list(self._call("GET", "/audit", params={
+            "cube": cube, "actor": actor, "item_id": item_id, "limit": limit})["items"])
 
 
 def _seg(value: str) -> str:

@@ -45,8 +45,8 @@ def serve(
         has_keys = KeyPresence(mos)()
         if not has_keys and not is_loopback(host):
             raise ValidationError(
-                f"refusing to serve {host} without API keys: create an API key first, "
-                "or bind 127.0.0.1 for local use")
+                f"refusing to serve {host} without API keys: create one first (`memosys "
+                "users create NAME`, `memosys keys create NAME`), or bind 127.0.0.1")
         if max_body < 1024:
             raise ValidationError("--max-body must be at least 1024 bytes")
         # open_access=None: open while there are no keys, API keys from the first one on

@@ -20,6 +20,7 @@ from fastapi.responses import Response
 
 from memosys.errors import PermissionDeniedError
 from memosys.interface.rest_auth import KeyPresence, authenticate, is_open
+from memosys.interface.rest_chat import router as chat_router
 from memosys.interface.rest_errors import ERROR_RESPONSES, install_error_handlers
 from memosys.interface.rest_governance import router as governance_router
 from memosys.interface.rest_memories import router as memories_router
@@ -89,6 +90,7 @@ def create_app(mos: MemOS, config: ServerConfig | None = None) -> FastAPI:
 
     app.include_router(memories_router)
     app.include_router(governance_router)
+    app.include_router(chat_router)
     from memosys.interface.openai_compat import router as openai_router
 
     app.include_router(openai_router)
