@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from rich.table import Table
 
 from memosys.errors import MemosysError, ValidationError
+from memosys.interface.cli_activation import register as register_activation
 from memosys.interface.cli_db import db_app
 from memosys.interface.cli_exchange import register as register_exchange
 from memosys.interface.cli_governance import acting, register
@@ -42,6 +43,7 @@ register_exchange(app, bench_app)
 register_serve(app, bench_app)
 register(app)  # users, keys, share, acl, policy, audit, lifecycle, review, feedback
 register_parametric(app, bench_app)
+register_activation(app, bench_app)  # chat, activation, bench ttft
 
 out = Console()
 err = Console(stderr=True)
