@@ -28,6 +28,7 @@ from memosys.types import MemCube, MemoryItem
 
 if TYPE_CHECKING:
     from memosys.system import MemOS
+    from memosys.system_governance import ExportGuard
 
 MEMORIES = "memories.jsonl"
 VERSIONS = "versions.jsonl"
@@ -100,21 +101,21 @@ def export_cube(
     travel too). `redact` (default): every memory labelled sensitive leaves with those
     spans redacted; `redact=False` needs the `sensitive` scope and still redacts where the
     cube's policy is `redact`."""
-    found = mos.vault.get_cube(cube)
-    mos._access.require_cube(found, "read", op="export", name=cube)
-    redactor = redactor_for(mos, redact)
+    guard = mos.export_guard(cube)  # NotFound unless readable; audited as `export`
+    found = guard.cube
+    redactor = redactor_for(mos, guard, redact)
     until = found.clock if until is None else until
     if not 0 <= since <= until <= found.clock:
         raise ValidationError(f"need 0 <= since <= until <= {found.clock} (the cube's clock); "
                               f"got since={since}, until={until}")
-    exported, live = _collect(mos, found, since, until, progress)
+    exported, live = _collect(mos, guard, since, until, progress)
     exported, redacted, withheld = _redact(exported, redactor)
     messages: list[str] = []
     leave_out, tensor_files, fingerprints = export_files(
         mos, [e.item for e in exported], withheld | _withheld_sources(mos, exported, live),
         messages)
     exported = [e for e in exported if e.item.id not in leave_out]
-    policy = "all-sensitive" if redact else f"cube:{mos._access.pii_policy(found.id)}"
+    policy = "all-sensitive" if redact else f"cube:{mos.cube_policy(found.id)['pii']}"
     vectors = _vectors(mos, found, exported, messages) if include_embeddings else None
     writer = ArchiveWriter(path)
     try:
@@ -158,7 +159,7 @@ def export_cube(
     except BaseException:
         writer.abort()
         raise
-    mos.record_audit("export", cube_id=found.id, detail={
+    mos.record_audit("export.archive", cube_id=found.id, detail={
         "memories": len(exported), "since": since, "until": until, "redacted": redacted,
         "signed_by": manifest.get("signature", {}).get("key_id")})
     return ExportReport(
@@ -171,11 +172,12 @@ def export_cube(
 
 
 def _collect(
-    mos: MemOS, cube: MemCube, since: int, until: int,
+    mos: MemOS, guard: ExportGuard, since: int, until: int,
     progress: Callable[[int, int], None] | None,
 ) -> tuple[list[_Exported], list[str]]:
+    """The visible memories (others' private ones are filtered out) as of `until`."""
     vault = mos.vault
-    flt = ItemFilter(cube_ids=(cube.id,), states=())
+    flt = guard.filter(ItemFilter(cube_ids=(guard.cube.id,), states=()))
     current: list[MemoryItem] = []
     while batch := vault.list_items(flt, limit=_PAGE, offset=len(current)):
         current.extend(batch)
@@ -183,13 +185,10 @@ def _collect(
     out: list[_Exported] = []
     live: list[str] = []
     seen: set[str] = set()
-    access = mos._access
     for n, item in enumerate(current, start=1):
         if item.id in seen:  # a page boundary shifted by a concurrent insert
             continue
         seen.add(item.id)
-        if not access.can_see(item, cube):
-            continue  # e.g. another user's private memory
         history = [r for r in vault.history(item.id) if r.clock <= until]
         if not history:
             continue  # created after `until`, or purged meanwhile
@@ -203,16 +202,16 @@ def _collect(
     return out, live
 
 
-def redactor_for(mos: MemOS, redact: bool) -> Redactor:
+def redactor_for(mos: MemOS, guard: ExportGuard, redact: bool) -> Redactor:
     """`redact`: every memory labelled sensitive is redacted. Otherwise (needs the
-    `sensitive` scope) the cube's policy decides (`MemOS.redact_for_export`)."""
+    `sensitive` scope) the cube's policy decides (`ExportGuard.redact`)."""
     if redact:
         return redact_item
     if not mos.actor.allows("sensitive"):
         raise PermissionDeniedError(
             f"{mos.actor.user_id} may not export sensitive data unredacted "
             "(needs the 'sensitive' scope)")
-    return lambda item: mos.redact_for_export([item])[0]
+    return guard.redact
 
 
 def _redact(
