@@ -206,3 +206,21 @@ def test_reembeds_when_the_target_uses_another_embedder(
             "Alice likes jasmine tea"
         assert [r.item.text for r in other.history(ids["tea"])] == [
             r.item.text for r in mos.history(ids["tea"])]
+
+
+def test_round_trip_from_sqlite_into_postgres(
+    mos: MemOS, tmp_path: Path, embedder: Embedder
+) -> None:
+    from conftest import BACKENDS
+
+    fill_source(mos)
+    export_cube(mos, "notes", tmp_path / "notes.mip")
+    with MemOS(Settings.load(tmp_path / "pg"), vault=BACKENDS["postgres"](tmp_path),
+               embedder=embedder) as pg:
+        import_archive(pg, tmp_path / "notes.mip", keep_ids=True)
+        assert state(pg) == state(mos)
+        assert _search(pg, "notes") == _search(mos, "notes")
+        export_cube(pg, "notes", tmp_path / "back.mip")  # and back out of PostgreSQL
+    with MemOS(Settings.load(tmp_path / "again"), embedder=embedder) as again:
+        import_archive(again, tmp_path / "back.mip", keep_ids=True)
+        assert state(again) == state(mos)

@@ -167,3 +167,22 @@ def test_store_cli(publisher: MemOS, url: str, tmp_path: Path) -> None:
     assert res.exit_code == 0
     res = runner.invoke(app, ["store", "pull", "wiki", "--home", sub_home])
     assert res.exit_code == 3  # not found: no longer published
+
+
+def test_a_locally_changed_copy_is_refused_not_diverged(
+    publisher: MemOS, subscriber: MemOS, url: str
+) -> None:
+    from memosys.errors import ConflictError
+
+    publisher.create_cube("faq")
+    [item] = publisher.add("faq", "Support answers within a day")
+    MemStore(publisher).publish("faq")
+    _, key = publisher.create_api_key("sub", scopes=["read"])
+    subscribe(subscriber, url, "faq", key)
+    [copy] = subscriber.list("faq")
+    subscriber.update(copy.id, text="Support answers within an hour")  # a local edit
+    publisher.update(item.id, text="Support answers within two days")
+    before = subscriber.history(copy.id)
+    with pytest.raises(ConflictError, match="read-only"):
+        pull(subscriber, "faq")
+    assert subscriber.history(copy.id) == before

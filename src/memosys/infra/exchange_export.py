@@ -21,12 +21,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from memosys.errors import PermissionDeniedError, ValidationError
 from memosys.infra.exchange_archive import FORMAT, FORMAT_VERSION, ArchiveWriter
 from memosys.infra.exchange_signing import key_id, sign_manifest
+from memosys.infra.exchange_tensors import export_files, is_derived
 from memosys.infra.pii import redact_item
 from memosys.infra.vault.base import ItemFilter, VersionRecord
 from memosys.types import MemCube, MemoryItem
 
 if TYPE_CHECKING:
     from memosys.system import MemOS
+    from memosys.system_governance import ExportGuard
 
 MEMORIES = "memories.jsonl"
 VERSIONS = "versions.jsonl"
@@ -99,17 +101,21 @@ def export_cube(
     travel too). `redact` (default): every memory labelled sensitive leaves with those
     spans redacted; `redact=False` needs the `sensitive` scope and still redacts where the
     cube's policy is `redact`."""
-    found = mos.vault.get_cube(cube)
-    mos._access.require_cube(found, "read", op="export", name=cube)
-    redactor = redactor_for(mos, redact)
+    guard = mos.export_guard(cube)  # NotFound unless readable; audited as `export`
+    found = guard.cube
+    redactor = redactor_for(mos, guard, redact)
     until = found.clock if until is None else until
     if not 0 <= since <= until <= found.clock:
         raise ValidationError(f"need 0 <= since <= until <= {found.clock} (the cube's clock); "
                               f"got since={since}, until={until}")
-    exported, live = _collect(mos, found, since, until, progress)
-    exported, redacted = _redact(exported, redactor)
-    policy = "all-sensitive" if redact else f"cube:{mos._access.pii_policy(found.id)}"
+    exported, live = _collect(mos, guard, since, until, progress)
+    exported, redacted, withheld = _redact(exported, redactor)
     messages: list[str] = []
+    leave_out, tensor_files, fingerprints = export_files(
+        mos, [e.item for e in exported], withheld | _withheld_sources(mos, exported, live),
+        messages)
+    exported = [e for e in exported if e.item.id not in leave_out]
+    policy = "all-sensitive" if redact else f"cube:{mos.cube_policy(found.id)['pii']}"
     vectors = _vectors(mos, found, exported, messages) if include_embeddings else None
     writer = ArchiveWriter(path)
     try:
@@ -121,6 +127,8 @@ def export_cube(
             writer.add(EMBEDDINGS, buf.getvalue())
         if since > 0:
             writer.add(LIVE_IDS, "".join(f"{i}\n" for i in live).encode())
+        for member, file in tensor_files:
+            writer.add(member, _file_chunks(file))
         header = found.model_copy(update={"clock": until}).model_dump(mode="json")
         manifest: dict[str, Any] = {
             "format": FORMAT,
@@ -129,15 +137,16 @@ def export_cube(
             "generator": generator(),
             "cube": header,
             "embedder": {"id": found.config.embedder_id, "dim": found.config.embedding_dim},
-            "model_fingerprints": [found.config.model_fingerprint]
-            if found.config.model_fingerprint else [],
+            "model_fingerprints": sorted(fingerprints | ({found.config.model_fingerprint}
+                                                         if found.config.model_fingerprint
+                                                         else set())),
             "range": {"since": since, "until": until},
             "counts": {
                 "memories": len(exported),
                 "versions": sum(len(e.records) for e in exported),
                 "embeddings": 0 if vectors is None else len(vectors),
-                "activation": 0,
-                "parametric": 0,
+                "activation": sum(m.startswith("activation/") for m, _ in tensor_files),
+                "parametric": sum(m.startswith("parametric/") for m, _ in tensor_files),
             },
             "redaction": {"applied": redacted > 0, "policy": policy,
                           "redacted_memories": redacted},
@@ -150,7 +159,7 @@ def export_cube(
     except BaseException:
         writer.abort()
         raise
-    mos.record_audit("export", cube_id=found.id, detail={
+    mos.record_audit("export.archive", cube_id=found.id, detail={
         "memories": len(exported), "since": since, "until": until, "redacted": redacted,
         "signed_by": manifest.get("signature", {}).get("key_id")})
     return ExportReport(
@@ -163,11 +172,12 @@ def export_cube(
 
 
 def _collect(
-    mos: MemOS, cube: MemCube, since: int, until: int,
+    mos: MemOS, guard: ExportGuard, since: int, until: int,
     progress: Callable[[int, int], None] | None,
 ) -> tuple[list[_Exported], list[str]]:
+    """The visible memories (others' private ones are filtered out) as of `until`."""
     vault = mos.vault
-    flt = ItemFilter(cube_ids=(cube.id,), states=())
+    flt = guard.filter(ItemFilter(cube_ids=(guard.cube.id,), states=()))
     current: list[MemoryItem] = []
     while batch := vault.list_items(flt, limit=_PAGE, offset=len(current)):
         current.extend(batch)
@@ -175,13 +185,10 @@ def _collect(
     out: list[_Exported] = []
     live: list[str] = []
     seen: set[str] = set()
-    access = mos._access
     for n, item in enumerate(current, start=1):
         if item.id in seen:  # a page boundary shifted by a concurrent insert
             continue
         seen.add(item.id)
-        if not access.can_see(item, cube):
-            continue  # e.g. another user's private memory
         history = [r for r in vault.history(item.id) if r.clock <= until]
         if not history:
             continue  # created after `until`, or purged meanwhile
@@ -195,26 +202,48 @@ def _collect(
     return out, live
 
 
-def redactor_for(mos: MemOS, redact: bool) -> Redactor:
+def redactor_for(mos: MemOS, guard: ExportGuard, redact: bool) -> Redactor:
     """`redact`: every memory labelled sensitive is redacted. Otherwise (needs the
-    `sensitive` scope) the cube's policy decides (`MemOS.redact_for_export`)."""
+    `sensitive` scope) the cube's policy decides (`ExportGuard.redact`)."""
     if redact:
         return redact_item
     if not mos.actor.allows("sensitive"):
         raise PermissionDeniedError(
             f"{mos.actor.user_id} may not export sensitive data unredacted "
             "(needs the 'sensitive' scope)")
-    return lambda item: mos.redact_for_export([item])[0]
+    return guard.redact
 
 
-def _redact(exported: list[_Exported], redactor: Redactor) -> tuple[list[_Exported], int]:
-    out, changed = [], 0
+def _redact(
+    exported: list[_Exported], redactor: Redactor
+) -> tuple[list[_Exported], int, set[str]]:
+    """(items as they leave, how many were redacted, their ids)."""
+    out, changed = [], set()
     for e in exported:
         item = redactor(e.item)
-        changed += item.text != e.item.text
+        if item.text != e.item.text:
+            changed.add(item.id)
         records = [VersionRecord(redactor(r.item), r.clock, r.op, r.at) for r in e.records]
         out.append(_Exported(item, records))
-    return out, changed
+    return out, len(changed), changed
+
+
+def _withheld_sources(mos: MemOS, exported: list[_Exported], live: list[str]) -> set[str]:
+    """Sources of exported derived memories that the export does not carry as stored:
+    not visible to the exporter (not live here), or sensitive (redacted in some export)."""
+    wanted = {s for e in exported if is_derived(e.item) for s in e.item.derived_from}
+    if not wanted:
+        return set()
+    alive = set(live)
+    found = mos.vault.get_many(sorted(wanted))
+    return {s for s in wanted
+            if s not in alive or s not in found or found[s].sensitivity}
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            yield chunk
 
 
 def _vectors(

@@ -32,6 +32,14 @@ from memosys.errors import ArchiveError, ConflictError, NotFoundError, Validatio
 from memosys.infra.exchange_archive import ArchiveLimits, ArchiveReader
 from memosys.infra.exchange_export import EMBEDDINGS, LIVE_IDS, MEMORIES, VERSIONS
 from memosys.infra.exchange_signing import verify_manifest
+from memosys.infra.exchange_tensors import (
+    KINDS,
+    check_member,
+    install,
+    is_derived,
+    plan_derived,
+    target_fingerprint,
+)
 from memosys.infra.vault.base import ImportedItem, VersionRecord
 from memosys.types import CubeConfig, MemCube, MemoryItem, as_utc, new_id
 
@@ -76,6 +84,8 @@ class ParsedArchive:
     vectors: np.ndarray | None
     live_ids: list[str] | None
     signed_by: str | None
+    tensors: dict[str, bytes] = field(default_factory=dict)
+    """Activation cache / LoRA adapter files by the id of their record."""
 
 
 def read_archive(
@@ -105,13 +115,23 @@ def read_archive(
             if manifest["live_ids"] != LIVE_IDS:
                 raise ArchiveError(f"unknown live id list {manifest['live_ids']!r}")
             live_ids = reader.read(LIVE_IDS).decode().split()
-        extra = [n for n in reader.names()
-                 if n not in (MEMORIES, VERSIONS, EMBEDDINGS, LIVE_IDS)
-                 and not n.startswith(("activation/", "parametric/"))]
-        if extra:
-            raise ArchiveError(f"unknown file {extra[0]!r} in the archive")
+        by_id = {m.id: m for m in memories}
+        tensors: dict[str, bytes] = {}
+        for name in reader.names():
+            if name in (MEMORIES, VERSIONS, EMBEDDINGS, LIVE_IDS):
+                continue
+            if not name.startswith(("activation/", "parametric/")):
+                raise ArchiveError(f"unknown file {name!r} in the archive")
+            data = reader.read(name)
+            tensors[check_member(name, data, by_id)] = data
+    for kind in ("activation", "parametric"):
+        held = sum(by_id[r].kind.value == kind for r in tensors)
+        if held != manifest["counts"][kind]:
+            raise ArchiveError(f"the manifest counts {manifest['counts'][kind]} {kind} "
+                               f"files, the archive holds {held}")
     _check_consistency(manifest, header, memories, records, vectors)
-    return ParsedArchive(manifest, header, memories, records, vectors, live_ids, signed_by)
+    return ParsedArchive(manifest, header, memories, records, vectors, live_ids, signed_by,
+                         tensors)
 
 
 def _parse_item(name: str, number: int, line: bytes) -> MemoryItem:
@@ -236,6 +256,7 @@ def import_archive(
     trusted_keys: list[Ed25519PublicKey] | None = None,
     limits: ArchiveLimits | None = None,
     prune: bool = False,
+    model_fingerprint: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ImportReport:
     """Import an archive as cube `name` (default: the archive's cube name).
@@ -244,7 +265,11 @@ def import_archive(
     lacks (newer versions win; memories the cube lacks are added), "skip" leaves the cube
     as it is, "replace" swaps its content for the archive's; None refuses (ConflictError).
     `keep_ids` keeps the archive's cube and memory ids (else stable new ones).
-    `prune` (subscriptions): after a delta, purge memories the source no longer holds."""
+    `prune` (subscriptions): after a delta, purge memories the source no longer holds, and
+    refuse (ConflictError) if a memory was changed locally: the copy is read-only.
+    Activation caches and LoRA adapters are kept when ids are kept and the target's model
+    (`model_fingerprint`, default: the bound local model's) is the one they were built
+    for; otherwise they are dropped, listed in `report.dropped` (exchange_tensors)."""
     parsed = source if isinstance(source, ParsedArchive) else read_archive(
         source, limits=limits, trusted_keys=trusted_keys)
     if on_conflict is not None and on_conflict not in CONFLICT_MODES:
@@ -300,11 +325,19 @@ def import_archive(
         )
         report.cube_id = cube.id
     wipe = report.action == "replaced"
+    derived = [m for m in parsed.memories if is_derived(m)]
+    drop: set[str] = set()
+    if derived:
+        fp = model_fingerprint if model_fingerprint is not None or not keep_ids \
+            else target_fingerprint(mos)
+        drop, why = plan_derived(derived, parsed.tensors, keep_ids=keep_ids,
+                                 same_cube=cube.id == header.id, fingerprint=fp)
+        report.dropped.extend(why)
     entries, to_embed = _plan(mos, parsed, cube, keep_ids, merge=report.action == "merged",
-                              report=report)
+                              report=report, skip=drop, strict=prune)
     _embed(mos, entries, to_embed, progress, report, parsed)
-    _drop_unsupported(parsed, report)
     report.clock = mos.vault.import_versions(cube.id, entries, wipe=wipe, new_cube=new_cube)
+    _install_tensors(mos, parsed, cube, drop, report)
     mos.record_audit("import", cube_id=cube.id, detail={
         "action": report.action, "added": report.memories_added,
         "updated": report.memories_updated, "versions": report.versions_added,
@@ -322,6 +355,8 @@ def _plan(
     *,
     merge: bool,
     report: ImportReport,
+    skip: set[str],
+    strict: bool = False,
 ) -> tuple[list[ImportedItem], list[tuple[int, int]]]:
     """The vault batch, plus (entry index, archive row) pairs still needing a vector."""
     idmap = {m.id: m.id if keep_ids else remapped_id(cube.id, m.id) for m in parsed.memories}
@@ -338,6 +373,8 @@ def _plan(
     entries: list[ImportedItem] = []
     to_embed: list[tuple[int, int]] = []
     for row, memory in enumerate(parsed.memories):
+        if memory.id in skip:
+            continue
         target_id = idmap[memory.id]
         history = _labelled(mos, cube.id, [_moved(r, cube.id, idmap)
                                            for r in parsed.records[memory.id]])
@@ -351,6 +388,8 @@ def _plan(
                     "earlier versions: import the full archive first")
             report.memories_added += 1
         else:
+            if strict:
+                _check_untouched(current, history)
             history = [r for r in history if r.item.version > current.version]
             if not history:
                 report.memories_unchanged += 1
@@ -375,6 +414,19 @@ def _labelled(mos: MemOS, cube_id: str, records: list[VersionRecord]) -> list[Ve
     """Sensitive data is labelled (or refused, per the target cube's policy) as on `add`."""
     items = mos._access.label(cube_id, [r.item for r in records])
     return [VersionRecord(i, r.clock, r.op, r.at) for i, r in zip(items, records, strict=True)]
+
+
+def _check_untouched(current: MemoryItem, history: list[VersionRecord]) -> None:
+    """A subscription's copy must not have changed locally: its version must be one the
+    source wrote, with the source's content (else merging would silently diverge)."""
+    last = history[-1].item.version
+    same = next((r.item for r in history if r.item.version == current.version), None)
+    if current.version > last or (same is not None and same.model_dump(exclude={"stats"})
+                                  != current.model_dump(exclude={"stats"})):
+        raise ConflictError(
+            f"memory {current.id} was changed in this installation (version "
+            f"{current.version}); a subscribed cube is read-only here, its changes come "
+            "from the publisher")
 
 
 def _moved(record: VersionRecord, cube_id: str, idmap: dict[str, str]) -> VersionRecord:
@@ -416,11 +468,21 @@ def _embed(
             progress(min(start + _EMBED_BATCH, len(to_embed)), len(to_embed))
 
 
-def _drop_unsupported(parsed: ParsedArchive, report: ImportReport) -> None:
-    for kind in ("activation", "parametric"):
-        n = parsed.manifest["counts"][kind]
-        if n:
-            report.dropped.append(f"{n} {kind} file(s): not imported by this memosys")
+def _install_tensors(
+    mos: MemOS, parsed: ParsedArchive, cube: MemCube, drop: set[str], report: ImportReport
+) -> None:
+    """Write the kept cache/adapter files where the target's stores look (ids are kept
+    here, see exchange_tensors.plan_derived)."""
+    by_id = {m.id: m for m in parsed.memories}
+    counts: dict[str, int] = {}
+    for record_id, data in parsed.tensors.items():
+        if record_id in drop:
+            continue
+        record = by_id[record_id].model_copy(update={"cube_id": cube.id})
+        install(mos, record, data)
+        label = KINDS[record.kind].label
+        counts[label] = counts.get(label, 0) + 1
+    report.messages.extend(f"installed {n} {label}(s)" for label, n in counts.items())
 
 
 def _prune(mos: MemOS, parsed: ParsedArchive, cube: MemCube, keep_ids: bool) -> int:

@@ -277,15 +277,15 @@ def export_plain_jsonl(
     and redaction as `export_cube`; returns how many."""
     from memosys.infra.exchange_export import redactor_for
 
-    found = mos.vault.get_cube(cube)
-    mos._access.require_cube(found, "read", op="export", name=cube)
-    redactor = redactor_for(mos, redact)
-    flt = mos._access.restrict(ItemFilter(cube_ids=(found.id,), states=states))
+    guard = mos.export_guard(cube)
+    found = guard.cube
+    redactor = redactor_for(mos, guard, redact)
+    flt = guard.filter(ItemFilter(cube_ids=(found.id,), states=states))
     items: list[MemoryItem] = []
     while batch := mos.vault.list_items(flt, limit=1000, offset=len(items)):
         items.extend(batch)
     items.sort(key=lambda i: (i.created_at, i.id))
-    mos.record_audit("export", cube_id=found.id, detail={"memories": len(items),
+    mos.record_audit("export.archive", cube_id=found.id, detail={"memories": len(items),
                                                          "format": "jsonl"})
     target = Path(path).expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from rich.table import Table
 
 from memosys.errors import MemosysError, ValidationError
+from memosys.interface.cli_activation import register as register_activation
 from memosys.interface.cli_db import db_app
 from memosys.interface.cli_exchange import register as register_exchange
 from memosys.interface.cli_governance import acting, register
@@ -41,10 +42,11 @@ bench_app = typer.Typer(help="Reproducible benchmarks that print tables.", no_ar
 app.add_typer(bench_app, name="bench")
 app.add_typer(db_app, name="db")
 app.command("mcp")(mcp_command)
-register_exchange(app)
+register_exchange(app, bench_app)
 register_serve(app, bench_app)
 register(app)  # users, keys, share, acl, policy, audit, lifecycle, review, feedback
 register_parametric(app, bench_app)
+register_activation(app, bench_app)  # chat, activation, bench ttft
 app.add_typer(graph_app, name="graph")
 bench_app.command("graph")(bench_graph)
 

@@ -336,9 +336,24 @@ def store_pull(
             f"(remote clock {report.source_clock})", *report.messages])
 
 
-def register(app: typer.Typer) -> None:
+def bench_exchange(
+    n: Annotated[int, typer.Option("--n", help="Memories in the cube.")] = 2000,
+    embedder: Annotated[str, typer.Option(help="Embedder spec.")] = "minilm",
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the "
+                                                   "numbers to this file.")] = None,
+) -> None:
+    """Export, verify and import speed of a cube archive (docs/cube-format.md)."""
+    from memosys.bench.exchange import main
+
+    with _guarded(runtime=False):
+        main(n, embedder, json_path, out)
+
+
+def register(app: typer.Typer, bench_app: typer.Typer | None = None) -> None:
     app.command("export")(export_cmd)
     app.command("import")(import_cmd)
     app.command("verify")(verify_cmd)
     app.command("keygen")(keygen_cmd)
     app.add_typer(store_app, name="store")
+    if bench_app is not None:
+        bench_app.command("exchange")(bench_exchange)
