@@ -21,7 +21,7 @@ Speed (the CPU is the budget): by default only the top ``top_layers`` decoder la
 The layers below them then compute the same hidden states at every step - their weights are
 frozen and no adapter touches them - so each example's hidden state entering the first adapted
 layer is computed once, up front, and every step runs only the adapted layers (forward and
-backward). With 12 of SmolLM2's 30 layers that makes a step ~2.5x cheaper; the loss is the
+backward). With 8 of SmolLM2's 30 layers that makes a step ~3x cheaper; the loss is the
 same as a full forward's (tested).
 """
 
@@ -59,13 +59,13 @@ class TrainConfig:
 
     rank: int = 8
     alpha: float = 16.0
-    steps: int = 60
-    learning_rate: float = 2e-3
+    steps: int = 36
+    learning_rate: float = 4e-3
     batch_size: int = 8
-    warmup_steps: int = 4
+    warmup_steps: int = 3
     seed: int = 0
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
-    top_layers: int | None = 12
+    top_layers: int | None = 8
     """Adapt only the top N decoder layers (None: all); see the module docstring."""
     checkpoint_every: int = 10
 
