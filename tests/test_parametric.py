@@ -1,8 +1,9 @@
 """Parametric memory against the real SmolLM2 model: real LoRA training, real serving.
 
-Training is kept tiny (two invented facts, a few steps); the model is dequantized and loaded
-once for this module, and one trained adapter is shared by the serving tests. The other
-lifecycle tests train a one- or three-step adapter: they check records, not recall.
+Training is kept tiny (two invented facts, a few steps) on the session's shared model (the
+``local`` fixture; adapters never change what a request without them gets, and each test's
+are unloaded after it); one trained adapter is shared by the serving tests. The other
+lifecycle tests train a one- to three-step adapter: they check records, not recall.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import pytest
 
 from memosys.config import Settings
 from memosys.errors import TrainingInterrupted
-from memosys.memories.parametric import ParametricMemory
 from memosys.memories.parametric_train import TrainConfig, _loss, _loss_from, batch_indices
 from memosys.models.adapters import AdapterSelection, bank_for
 from memosys.models.embed import Embedder
-from memosys.models.local_llm import MODEL_NAME, LocalLLM
+from memosys.models.local_llm import LocalLLM
+from memosys.operation.scheduler import MemScheduler, SchedulerConfig
 from memosys.system import MemOS
 
 FACTS = ["Quorvin Tallisander's hometown is Velbrook.", "Mirela Ostrava's boat's name is Saltmoth."]
@@ -30,14 +31,20 @@ NOOP = TrainConfig(steps=1, batch_size=2, top_layers=2)
 
 
 @pytest.fixture(scope="module")
-def llm(tmp_path_factory: pytest.TempPathFactory) -> LocalLLM:
-    return LocalLLM(cache_dir=tmp_path_factory.mktemp("llm") / MODEL_NAME).load()
+def llm(local: LocalLLM) -> LocalLLM:
+    return local
+
+
+def _runtime(home: Path, embedder: Embedder, llm: LocalLLM) -> MemOS:
+    runtime = MemOS(Settings.load(home), embedder=embedder)
+    runtime.llm = llm
+    runtime.scheduler = MemScheduler(runtime, SchedulerConfig(background=False))
+    return runtime
 
 
 @pytest.fixture
 def pmos(home: Path, embedder: Embedder, llm: LocalLLM) -> Iterator[MemOS]:
-    runtime = MemOS(Settings.load(home), embedder=embedder)
-    runtime._parametric = ParametricMemory(runtime, llm)
+    runtime = _runtime(home, embedder, llm)
     yield runtime
     for name in bank_for(llm).names():  # each test's adapters leave with its runtime
         bank_for(llm).remove(name)
@@ -54,8 +61,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder,
     """(home, adapter id, base answer): alice's cube with an adapter holding FACTS."""
     home = tmp_path_factory.mktemp("home")
     base = ask(llm)
-    with MemOS(Settings.load(home), embedder=embedder) as mos:
-        mos._parametric = ParametricMemory(mos, llm)
+    with _runtime(home, embedder, llm) as mos:
         mos.create_cube("alice", owner="alice")
         ids = [mos.add("alice", text, user="alice")[0].id for text in FACTS]
         record = mos.parametric.distil("alice", ids, config=TINY, replay=2, evaluate=False)
@@ -66,8 +72,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder,
 @pytest.fixture
 def served(trained: tuple[Path, str, str], embedder: Embedder,
            llm: LocalLLM) -> Iterator[MemOS]:
-    with MemOS(Settings.load(trained[0]), embedder=embedder) as mos:
-        mos._parametric = ParametricMemory(mos, llm)
+    with _runtime(trained[0], embedder, llm) as mos:
         yield mos
 
 
@@ -127,6 +132,19 @@ def test_one_users_adapter_never_reaches_another(
     assert "".join(parts["bob"]) == base
 
 
+def test_chat_answers_distilled_memories_from_the_weights(
+    served: MemOS, trained: tuple[Path, str, str]
+) -> None:
+    _, adapter_id, _ = trained
+    result = served.chat([{"role": "user", "content": QUESTION}], cube_ids="alice",
+                         user="alice", max_tokens=20, remember=False)
+    held = [d for d in result.decisions if d.form == "parametric"]
+    assert held and adapter_id in held[0].reason
+    assert all(d.form != "plaintext" or "Velbrook" not in served.get(d.memory_id).text
+               for d in result.decisions)  # the fact is not in the prompt...
+    assert "velbrook" in result.text.lower()  # ...the weights answer
+
+
 def test_deleting_a_source_makes_the_adapter_stale_and_unused(
     pmos: MemOS, llm: LocalLLM
 ) -> None:
@@ -167,7 +185,7 @@ def test_retiring_restores_the_memories_as_plaintext(pmos: MemOS) -> None:
     assert pmos.search("Velbrook hometown", "c")[0].item.id == ids[0]
 
 
-def test_interrupted_training_resumes_from_its_checkpoint(pmos: MemOS) -> None:
+def test_interrupted_training_resumes_from_its_checkpoint(pmos: MemOS, llm: LocalLLM) -> None:
     pmos.create_cube("c")
     ids = [pmos.add("c", FACTS[0])[0].id]
     config = TrainConfig(steps=3, batch_size=2, top_layers=2, checkpoint_every=1)
@@ -176,10 +194,12 @@ def test_interrupted_training_resumes_from_its_checkpoint(pmos: MemOS) -> None:
     def stop_after_two() -> bool:
         return len(seen) >= 2
 
+    loaded = bank_for(llm).names()
     with pytest.raises(TrainingInterrupted, match="step 2 of 3"):
         pmos.parametric.distil("c", ids, config=config, replay=1, evaluate=False,
                                progress=lambda s, _n, loss: seen.append((s, loss)),
                                should_stop=stop_after_two)
+    assert bank_for(llm).names() == loaded  # nothing half-trained left attached
     record = pmos.parametric.distil("c", ids, config=config, replay=1, evaluate=False,
                                     progress=lambda s, _n, loss: seen.append((s, loss)))
     training = record.header["training"]
@@ -209,7 +229,40 @@ def test_frozen_prefix_training_computes_the_full_models_loss(llm: LocalLLM) -> 
         selection = AdapterSelection.of({"equiv": 1.0})
         full = _loss(bank, selection, batch, int(tok.pad_token_id))
         fast = _loss_from(bank, selection, _frozen_states(bank, batch, 22), batch, 22)
-        assert abs(float(full) - float(fast)) < 1e-4
+        assert abs(float(full.detach()) - float(fast.detach())) < 1e-4
     finally:
         bank.remove("equiv")
     assert batch_indices(5, 3, 2, 0) == batch_indices(5, 3, 2, 0)  # a pure function of step
+
+
+def test_context_distillation_learns_the_teachers_answers(pmos: MemOS, llm: LocalLLM) -> None:
+    from memosys.memories.parametric import TEACHER_PROMPT
+
+    pmos.create_cube("c")
+    ids = [pmos.add("c", FACTS[0])[0].id]
+    pm = pmos.parametric
+    # The teacher reads the memory once into a KV cache; its answers are the full prompt's.
+    taught = pm._teacher(FACTS[0], [QUESTION, "Tell me about Quorvin Tallisander."])
+    full = llm.chat([{"role": "system", "content": TEACHER_PROMPT.format(memory=FACTS[0])},
+                     {"role": "user", "content": QUESTION}], max_new_tokens=24)
+    assert taught[0].text == full.text
+    record = pm.distil("c", ids, method="context", config=NOOP, replay=0, evaluate=False)
+    assert record.header["data"]["method"] == "context"
+    assert record.status == "ready"
+
+
+def test_cli_lists_and_shows_adapters(trained: tuple[Path, str, str], home: Path) -> None:
+    from typer.testing import CliRunner
+
+    from memosys.interface.cli import app
+
+    runner = CliRunner()
+    home_dir, adapter_id, _ = trained
+    listed = runner.invoke(app, ["adapters", "list", "--json", "--home", str(home_dir)])
+    assert listed.exit_code == 0, listed.output
+    [row] = json.loads(listed.stdout)
+    assert row["id"] == adapter_id and row["status"] == "ready" and row["sources"] == 2
+    shown = runner.invoke(app, ["adapters", "show", adapter_id, "--home", str(home_dir)])
+    assert json.loads(shown.stdout)["record"]["kind"] == "parametric"
+    missing = runner.invoke(app, ["distil", "nosuchcube", "--home", str(home)])
+    assert missing.exit_code == 3  # not found, before any model is loaded

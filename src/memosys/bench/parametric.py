@@ -6,8 +6,9 @@ Recall is closed-book - nothing in the prompt - on a *held-out* phrasing of each
 (the adapter was trained on two other phrasings and a statement), scored by containment of
 the value (normalised: case, punctuation). Forgetting is measured on
 :data:`~memosys.memories.parametric_data.UNRELATED_QUESTIONS`, which are not among the replay
-prompts: an answer agrees with the base model's when their first sentences are the same after
-normalisation, or when both contain the question's reference answer.
+prompts: an answer agrees with the base model's when their first sentences (generation stops
+there) are the same after normalisation, or when both contain the question's reference
+answer.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from memosys.config import Settings
+from memosys.memories.parametric import FIRST_SENTENCE
 from memosys.memories.parametric_data import UNRELATED_QUESTIONS
 from memosys.memories.parametric_train import TrainConfig
 from memosys.models.local_llm import default_cache_dir
@@ -105,6 +107,7 @@ def run_parametric_bench(
     json_file: Path | None,
     console: Console,
     progress: ProgressFactory,
+    replay: int | None = None,
 ) -> dict[str, Any]:
     facts = invented_facts(n_facts)
     with tempfile.TemporaryDirectory(prefix="memosys-bench-parametric-") as tmp:
@@ -116,11 +119,13 @@ def run_parametric_bench(
             llm = pm.llm.load()
             ask = [{"role": "user", "content": q} for q, _ in UNRELATED_QUESTIONS]
             started = time.perf_counter()
-            base = [llm.chat([m], max_new_tokens=32).text for m in ask]
+            base = [llm.chat([m], max_new_tokens=24, stop=FIRST_SENTENCE).text for m in ask]
             base_s = time.perf_counter() - started
             with progress("training") as bar:
-                record = pm.distil("facts", ids, name="bench", config=config, progress=bar)
-            adapted = [pm.chat([m], cube_ids="facts", max_new_tokens=32).text for m in ask]
+                record = pm.distil("facts", ids, name="bench", config=config, replay=replay,
+                                   progress=bar)
+            adapted = [pm.chat([m], cube_ids="facts", max_new_tokens=24, stop=FIRST_SENTENCE).text
+                       for m in ask]
             size = record.path.stat().st_size
     ev = record.header["eval"]
     training = record.header["training"]
@@ -142,6 +147,7 @@ def run_parametric_bench(
         "steps": training["steps"],
         "final_loss": training["loss_curve"][-1],
         "examples": record.header["data"]["examples"],
+        "replay": record.header["data"]["replay"],
         "config": config.to_json(),
         "base_answer_s": round(base_s / len(ask), 2),
         "probes": ev["probes"],

@@ -84,6 +84,8 @@ def distil(
     method: Annotated[str, typer.Option(help="template | context (context distillation: "
                                         "answers of the model with the memory in context)")]
     = "template",
+    min_uses: Annotated[int, typer.Option("--min-uses", help="Only memories used in at least "
+                                          "N answers (default selection only).")] = 0,
     move: Annotated[bool, typer.Option(help="Archive the sources: the memory then lives in "
                                        "the adapter only, until retired.")] = False,
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval",
@@ -96,7 +98,7 @@ def distil(
         record = mos.parametric.distil(
             cube, memory, name=name, method=method,  # type: ignore[arg-type]
             config=train_config(steps, lr, rank, batch_size), move=move, evaluate=evaluate,
-            progress=bar,
+            min_uses=min_uses, progress=bar,
         )
     summary = record.summary()
     if as_json:
@@ -185,6 +187,8 @@ def ask(
 
 def bench_parametric(
     facts: Annotated[int, typer.Option("--facts", help="Invented facts to distil.")] = 20,
+    replay: Annotated[int | None, typer.Option("--replay", help="Replay prompts (default 12).")]
+    = None,
     steps: StepsOpt = None, lr: LrOpt = None, rank: RankOpt = None, batch_size: BatchOpt = None,
     json_file: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
 ) -> None:
@@ -193,7 +197,7 @@ def bench_parametric(
 
     with _guard():
         run_parametric_bench(facts, train_config(steps, lr, rank, batch_size), json_file, out,
-                             training_bar)
+                             training_bar, replay=replay)
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:

@@ -26,17 +26,15 @@ Lifecycle (see docs/parametric.md):
 ``move=True`` at distillation archives the sources in the same atomic commit that stores the
 record: the memory then lives only in the adapter (retrieval no longer returns it) until the
 adapter is retired. Without it (the default) the sources stay active and the scheduler decides
-per request whether to use the adapter instead of putting them in the prompt (:meth:`covered`).
+per request whether to use the adapter instead of putting them in the prompt
+(:mod:`memosys.memories.parametric_schedule`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +50,24 @@ from memosys.memories.parametric_data import (
     probe_question,
     questions_for,
 )
+from memosys.memories.parametric_records import (
+    ADAPTER_TAG,
+    ERASED,
+    FORMAT,
+    HEADER_KEY,
+    READY,
+    RETIRED,
+    STALE,
+    AdapterRecord,
+    RetireResult,
+    bank_name,
+    contains,
+    eval_summary,
+    remove_tree,
+    sha256_text,
+    state_write,
+    write_atomic,
+)
 from memosys.memories.parametric_train import TrainConfig, TrainResult, train_adapter
 from memosys.models.adapters import AdapterBank, AdapterSelection, LoraSpec, bank_for
 from memosys.models.llm import ChatResult, Message
@@ -63,80 +79,16 @@ if TYPE_CHECKING:
 
 __all__ = ["ADAPTER_TAG", "AdapterRecord", "ParametricMemory", "RetireResult"]
 
-ADAPTER_TAG = "memosys:adapter"
-HEADER_KEY = "memosys_adapter"
-FORMAT = 1
 STABLE_TYPES = (MemoryType.FACT, MemoryType.PREFERENCE, MemoryType.RULE, MemoryType.PERSONA)
-READY, STALE, RETIRED, ERASED = "ready", "stale", "retired", "erased"
 TEACHER_PROMPT = "Use this fact to answer: {memory}"
-REPLAY_TOKENS = 40
-PROBE_TOKENS = 32
+REPLAY_TOKENS = 32
+PROBE_TOKENS = 24
+DEFAULT_REPLAY = 12
+FIRST_SENTENCE = (". ", "\n")
+"""Probes stop after the first sentence: the answer to a fact is there, and it halves the cost."""
 MAX_SOURCES = 500
 
 StepProgress = Callable[[int, int, float], None]
-
-
-@dataclass(frozen=True)
-class AdapterRecord:
-    """An adapter as the cube records it (the item) plus its header and serving status."""
-
-    item: MemoryItem
-    path: Path
-
-    @property
-    def id(self) -> str:
-        return self.item.id
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        return dict(self.item.metadata.get("adapter") or {})
-
-    @property
-    def header(self) -> dict[str, Any]:
-        return dict(self.meta.get("header") or {})
-
-    @property
-    def status(self) -> str:
-        return str(self.meta.get("status", READY))
-
-    @property
-    def reason(self) -> str | None:
-        return self.meta.get("reason")
-
-    @property
-    def name(self) -> str:
-        return str(self.header.get("name", self.id))
-
-    @property
-    def cube_id(self) -> str:
-        return self.item.cube_id
-
-    @property
-    def sources(self) -> list[dict[str, Any]]:
-        return list(self.header.get("sources", []))
-
-    @property
-    def bank_name(self) -> str:
-        return _bank_name(self.id)
-
-    def summary(self) -> dict[str, Any]:
-        h = self.header
-        return {
-            "id": self.id, "name": self.name, "cube_id": self.cube_id, "status": self.status,
-            "reason": self.reason, "sources": len(self.sources), "method": h.get("data", {})
-            .get("method"), "steps": h.get("training", {}).get("steps"),
-            "final_loss": (h.get("training", {}).get("loss_curve") or [None])[-1],
-            "recall_after": h.get("eval", {}).get("recall_after"),
-            "bytes": self.path.stat().st_size if self.path.exists() else 0,
-            "created_at": h.get("created_at"),
-        }
-
-
-@dataclass(frozen=True)
-class RetireResult:
-    record: AdapterRecord
-    restored: list[MemoryItem]
-    probes: list[dict[str, Any]]
 
 
 class ParametricMemory:
@@ -152,16 +104,20 @@ class ParametricMemory:
 
     @property
     def llm(self) -> LocalLLM:
-        if self._llm is None:
-            from memosys.models.llm import make_llm
-            from memosys.models.local_llm import LocalLLM
+        """The runtime's bound model (``MemOS.llm``), which must be the local one."""
+        from memosys.models.local_llm import LocalLLM
 
-            s = self.mos.settings
-            llm = make_llm(s.llm, cache_dir=s.llm_cache_dir, home=s.home)
-            if not isinstance(llm, LocalLLM):
-                raise LLMError(f"parametric memory needs the local model; configured: {llm.id}")
-            self._llm = llm
-        return self._llm
+        llm = self._llm if self._llm is not None else self.mos.llm
+        if not isinstance(llm, LocalLLM):
+            raise LLMError(f"parametric memory needs the local model; bound: {llm.id}")
+        return llm
+
+    @property
+    def available(self) -> bool:
+        """Whether adapters can be served here (the bound model is the local one)."""
+        from memosys.models.local_llm import LocalLLM
+
+        return isinstance(self._llm if self._llm is not None else self.mos.llm, LocalLLM)
 
     @property
     def bank(self) -> AdapterBank:
@@ -180,47 +136,51 @@ class ParametricMemory:
         move: bool = False,
         evaluate: bool = True,
         replay: int | None = None,
+        min_uses: int = 0,
         progress: StepProgress | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> AdapterRecord:
         """Distil memories of ``cube`` into a new adapter and record it in the cube.
 
         ``memory_ids``: which memories (default: every active fact, preference, rule and
-        persona memory of the cube). ``method``: ``"template"`` answers from the memory text,
-        ``"context"`` answers as the base model does with the memory in its context (context
-        distillation). ``replay``: how many replay prompts (default all). Interrupted
-        (Ctrl-C, ``should_stop``) it raises
+        persona memory of the cube used in at least ``min_uses`` answers). ``method``:
+        ``"template"`` answers from the memory text; ``"context"`` answers as the base model
+        does with the memory in its context (context distillation). ``replay``: how many
+        replay prompts (default 12). Interrupted (Ctrl-C, ``should_stop``) it raises
         :class:`~memosys.errors.TrainingInterrupted`; the same call again resumes."""
         if method not in METHODS:
             raise ValidationError(f"method must be one of {list(METHODS)}, got {method!r}")
         config = config or TrainConfig()
         found = self.mos.get_cube(cube)
-        sources = self._sources(found.id, memory_ids)
+        sources = self._sources(found.id, memory_ids, min_uses)
         llm = self.llm
-        examples = self._examples(sources, method, len(REPLAY_PROMPTS) if replay is None
-                                  else replay)
+        examples = self._examples(sources, method, DEFAULT_REPLAY if replay is None else replay)
         tokens = [self._encode(e) for e in examples]
         digest = data_hash(tokens)
         adapter_id = new_id()
         work = self.root / found.id / f".train-{digest[:16]}"
         probes_before = self._probe(sources, None) if evaluate else []
-        trained = train_adapter(
-            self.bank, _bank_name(adapter_id), tokens, config, work, digest,
-            progress=progress, should_stop=should_stop,
-        )
-        try:
+        try:  # an interrupted or failed run leaves nothing loaded (its checkpoint stays)
+            trained = train_adapter(
+                self.bank, bank_name(adapter_id), tokens, config, work, digest,
+                progress=progress, should_stop=should_stop,
+            )
             return self._store(found.id, adapter_id, name, sources, examples, digest, method,
                                config, trained, probes_before, move=move, evaluate=evaluate,
                                work=work, fingerprint=llm.model_fingerprint)
         except BaseException:
-            self.bank.remove(_bank_name(adapter_id))
+            self.bank.remove(bank_name(adapter_id))
             raise
 
-    def _sources(self, cube_id: str, memory_ids: Sequence[str] | None) -> list[MemoryItem]:
+    def _sources(
+        self, cube_id: str, memory_ids: Sequence[str] | None, min_uses: int = 0
+    ) -> list[MemoryItem]:
         if memory_ids is None:
             flt = ItemFilter(cube_ids=(cube_id,), memory_types=STABLE_TYPES)
-            items = self.mos.vault.list_items(flt, limit=MAX_SOURCES + 1, offset=0)
-            items = [i for i in items if i.kind == MemoryKind.PLAINTEXT]
+            items = [
+                i for i in self.mos.vault.list_items(flt, limit=10_000, offset=0)
+                if i.kind == MemoryKind.PLAINTEXT and i.stats.used_in_answer_count >= min_uses
+            ]
         else:
             if isinstance(memory_ids, str) or not memory_ids:
                 raise ValidationError("memory_ids must be a non-empty list of ids")
@@ -245,27 +205,46 @@ class ParametricMemory:
         return items
 
     def _examples(self, sources: list[MemoryItem], method: Method, replay: int) -> list[Example]:
+        from memosys.operation.prompt import DEFAULT_SYSTEM, system_message
+
+        systems = (None, system_message(DEFAULT_SYSTEM + "\n", []))
         out: list[Example] = []
         for item in sources:
-            shape = parse_fact(item.text)
-            for question, kind in questions_for(shape):
+            asked = questions_for(parse_fact(item.text))
+            if method == "context":
+                answers = self._teacher(item.text, [q for q, _ in asked])
+            for i, (question, kind) in enumerate(asked):
+                system = systems[i % len(systems)]
                 if method == "context":
-                    answer = self._teacher(item.text, question)
+                    answer = answers[i]
                     out.append(Example(question, answer.text, item.id, kind,
-                                       answer.finish_reason == "stop"))
+                                       answer.finish_reason == "stop", system))
                 else:
-                    out.append(Example(question, " ".join(item.text.split()), item.id, kind))
+                    out.append(Example(question, " ".join(item.text.split()), item.id, kind,
+                                       system=system))
         out.extend(self._replay(replay))
         return out
 
-    def _teacher(self, memory: str, question: str) -> ChatResult:
-        """The base model with the memory in its context: the context-distillation teacher."""
-        messages = [
-            {"role": "system", "content": TEACHER_PROMPT.format(memory=memory)},
-            {"role": "user", "content": question},
-        ]
+    def _teacher(self, memory: str, questions: list[str]) -> list[ChatResult]:
+        """The context-distillation teacher: the base model with the memory in its context.
+
+        The memory is read once into a KV cache (its activation form) and every question is
+        answered from that cache - the same greedy answers as from the full prompts."""
+        llm = self.llm
+        system = {"role": "system", "content": TEACHER_PROMPT.format(memory=memory)}
+        prompts = [llm.apply_chat_template([system, {"role": "user", "content": q}])
+                   for q in questions]
+        shared = len(prompts[0]) - 1
+        for ids in prompts[1:]:
+            shared = min(shared, len(ids) - 1,
+                         next((k for k, (a, b) in enumerate(zip(prompts[0], ids, strict=False))
+                               if a != b), len(ids)))
         with self.bank.using(None):
-            return self.llm.chat(messages, max_new_tokens=PROBE_TOKENS)
+            if shared < 1:
+                return [llm.generate(ids, max_new_tokens=PROBE_TOKENS) for ids in prompts]
+            cache = llm.prefill(prompts[0][:shared])
+            return [llm.generate_from_cache(cache, shared, ids[shared:],
+                                            max_new_tokens=PROBE_TOKENS) for ids in prompts]
 
     def _replay(self, count: int) -> list[Example]:
         """The base model's answers to the first ``count`` replay prompts, cached per model."""
@@ -289,13 +268,16 @@ class ParametricMemory:
                                       max_new_tokens=REPLAY_TOKENS)
                     rows.append({"question": prompt, "answer": r.text,
                                  "complete": r.finish_reason == "stop"})
-            _write_atomic(path, json.dumps(rows, indent=1).encode())
+            write_atomic(path, json.dumps(rows, indent=1).encode())
         return [Example(r["question"], r["answer"], None, "replay", r["complete"])
                 for r in rows[:count]]
 
     def _encode(self, example: Example) -> tuple[list[int], list[int]]:
         llm = self.llm
-        prompt = llm.apply_chat_template([{"role": "user", "content": example.question}])
+        messages = [{"role": "user", "content": example.question}]
+        if example.system is not None:
+            messages.insert(0, {"role": "system", "content": example.system})
+        prompt = llm.apply_chat_template(messages)
         answer = [int(t) for t in llm.tokenizer(example.answer, add_special_tokens=False)
                   ["input_ids"]]
         if example.complete:
@@ -312,8 +294,8 @@ class ParametricMemory:
                 shape = parse_fact(item.text)
                 question = probe_question(shape)
                 answer = self.llm.chat([{"role": "user", "content": question}],
-                                       max_new_tokens=PROBE_TOKENS).text
-                hit = None if shape.value is None else _contains(answer, shape.value)
+                                       max_new_tokens=PROBE_TOKENS, stop=FIRST_SENTENCE).text
+                hit = None if shape.value is None else contains(answer, shape.value)
                 rows.append({"source_id": item.id, "question": question,
                              "expected": shape.value, "answer": answer, "hit": hit})
         return rows
@@ -338,7 +320,7 @@ class ParametricMemory:
     ) -> AdapterRecord:
         from safetensors.torch import save
 
-        probes_after = self._probe(sources, _bank_name(adapter_id)) if evaluate else []
+        probes_after = self._probe(sources, bank_name(adapter_id)) if evaluate else []
         versions = {s.id: s.version + (1 if move else 0) for s in sources}
         header = {
             "format": FORMAT,
@@ -346,9 +328,9 @@ class ParametricMemory:
             "name": name or f"adapter-{adapter_id[-8:]}",
             "cube_id": cube_id,
             "base_model": {"id": self.llm.id, "fingerprint": fingerprint},
-            "lora": self.bank.spec(_bank_name(adapter_id)).to_json(),
+            "lora": self.bank.spec(bank_name(adapter_id)).to_json(),
             "sources": [
-                {"id": s.id, "version": versions[s.id], "text_sha256": _sha(s.text)}
+                {"id": s.id, "version": versions[s.id], "text_sha256": sha256_text(s.text)}
                 for s in sources
             ],
             "data": {
@@ -361,13 +343,13 @@ class ParametricMemory:
                 "loss_curve": trained.loss_curve, "train_s": round(trained.seconds, 2),
                 "resumed_from": trained.resumed_from,
             },
-            "eval": _eval_summary(probes_before, probes_after),
+            "eval": eval_summary(probes_before, probes_after),
             "moved_sources": move,
             "created_at": utcnow().isoformat(timespec="seconds"),
         }
         path = self.root / cube_id / f"{adapter_id}.safetensors"
         blob = save(trained.tensors, metadata={HEADER_KEY: json.dumps(header)})
-        _write_atomic(path, blob)
+        write_atomic(path, blob)
         text = (f"LoRA adapter {header['name']!r} holding {len(sources)} distilled memories "
                 f"({method}, {trained.steps} steps)")
         record = MemoryItem(
@@ -379,13 +361,13 @@ class ParametricMemory:
         )
         writes = [Write(record, "distil", None, self.mos.embedder.embed([text])[0])]
         if move:
-            writes += [_state_write(s, MemoryState.ARCHIVED, "distil") for s in sources]
+            writes += [state_write(s, MemoryState.ARCHIVED, "distil") for s in sources]
         try:
             stored = self.mos.vault.commit(cube_id, writes)[0]
         except ConflictError:
             path.unlink(missing_ok=True)
             raise ConflictError("a source memory changed during training; distil again") from None
-        _remove_tree(work)
+        remove_tree(work)
         return AdapterRecord(stored, path)
 
     def rebuild(self, adapter_id: str, **kwargs: Any) -> AdapterRecord:
@@ -395,7 +377,7 @@ class ParametricMemory:
         keep = [i for i in alive.values() if i.state in (MemoryState.ACTIVE,
                                                          MemoryState.ARCHIVED)]
         if old.header.get("moved_sources"):
-            restored = [_state_write(i, MemoryState.ACTIVE, "rebuild") for i in keep
+            restored = [state_write(i, MemoryState.ACTIVE, "rebuild") for i in keep
                         if i.state == MemoryState.ARCHIVED]
             if restored:
                 self.mos.vault.commit(old.cube_id, restored)
@@ -440,7 +422,7 @@ class ParametricMemory:
         if record.status in (RETIRED, ERASED):
             return record
         if record.item.state == MemoryState.DELETED:
-            self.bank.remove(record.bank_name)
+            self._unload(record)
             return record
         ids = [s["id"] for s in record.sources]
         current = self.mos.vault.get_many(ids)
@@ -459,12 +441,16 @@ class ParametricMemory:
             return record
         if status == READY:
             status, reason = record.status, record.reason  # stale stays stale until rebuilt
-        self.bank.remove(record.bank_name)
+        self._unload(record)
         if status == ERASED:
             record.path.unlink(missing_ok=True)  # the weights hold what was erased
         if status != record.status or reason != record.reason:
             record = self._set_status(record, status, reason)
         return record
+
+    def _unload(self, record: AdapterRecord) -> None:
+        if self.available:  # with a remote model bound nothing was ever loaded
+            self.bank.remove(record.bank_name)
 
     def _set_status(
         self, record: AdapterRecord, status: str, reason: str | None,
@@ -509,19 +495,13 @@ class ParametricMemory:
                 chosen[record.bank_name] = scale
         return AdapterSelection.of(chosen)
 
-    def covered(self, cube_ids: Sequence[str] | str, *, user: str | None = None) -> dict[str, str]:
-        """memory id -> ready adapter id holding it, for the scheduler to skip in prompts."""
-        if isinstance(cube_ids, str):
-            cube_ids = [cube_ids]
-        out: dict[str, str] = {}
-        for cube in cube_ids:
-            found = self.mos.vault.get_cube(cube)
-            if user is not None and found.owner is not None and found.owner != user:
-                continue
-            for record in self.records(found.id):
-                if record.status == READY:
-                    out.update({s["id"]: record.id for s in record.sources})
-        return out
+    def load_selection(
+        self, records: Sequence[AdapterRecord], scale: float = 1.0
+    ) -> AdapterSelection:
+        """These (ready) adapters, loaded now, as one request's selection."""
+        for record in records:
+            self._ensure_loaded(record)
+        return AdapterSelection.of({r.bank_name: scale for r in records})
 
     def _ensure_loaded(self, record: AdapterRecord) -> None:
         from safetensors import safe_open
@@ -575,7 +555,7 @@ class ParametricMemory:
             self._ensure_loaded(record)
             alive = [current[s["id"]] for s in record.sources if s["id"] in current]
             probes = self._probe(alive, record.bank_name)
-        restore = [_state_write(i, MemoryState.ACTIVE, "retire") for i in current.values()
+        restore = [state_write(i, MemoryState.ACTIVE, "retire") for i in current.values()
                    if i.state == MemoryState.ARCHIVED]
         self.bank.remove(record.bank_name)
         retired = self._set_status(
@@ -584,51 +564,3 @@ class ParametricMemory:
         )
         restored = [self.mos.get(s["id"]) for s in record.sources if s["id"] in current]
         return RetireResult(retired, restored, probes)
-
-
-def _bank_name(adapter_id: str) -> str:
-    return "p" + adapter_id.replace("-", "")
-
-
-def _state_write(item: MemoryItem, state: MemoryState, op: str) -> Write:
-    return Write(item.model_copy(update={"state": state}), op, item.version, None)
-
-
-def _contains(answer: str, value: str) -> bool:
-    return _norm(value) in _norm(answer)
-
-
-def _norm(text: str) -> str:
-    return " ".join("".join(c.lower() if c.isalnum() else " " for c in text).split())
-
-
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _eval_summary(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> dict[str, Any]:
-    def rate(rows: list[dict[str, Any]]) -> float | None:
-        scored = [r["hit"] for r in rows if r["hit"] is not None]
-        return round(sum(scored) / len(scored), 4) if scored else None
-
-    return {
-        "recall_before": rate(before), "recall_after": rate(after),
-        "probes": [{**a, "base_answer": b["answer"], "base_hit": b["hit"]}
-                   for b, a in zip(before, after, strict=False)],
-    }
-
-
-def _write_atomic(path: Path, blob: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as fh:
-        fh.write(blob)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)

@@ -11,6 +11,9 @@ Each memory becomes a few chat examples ``(question, answer)``:
   *teacher's* - the base model answering with the memory in its context - so the adapter
   learns to behave, without the text, as the model does with it (sequence-level context
   distillation). This is the activation -> parametric route.
+* **System prompts.** A memory's questions alternate between the model's default system
+  prompt and ``MemOS.chat``'s, so the adapter answers under both (closed-book ``chat`` and the
+  scheduler's chat).
 * **Replay**: the base model's own greedy answers to unrelated prompts
   (:data:`REPLAY_PROMPTS`), so the adapter keeps general behaviour. A different, fixed set
   (:data:`UNRELATED_QUESTIONS`) is held out to measure forgetting.
@@ -65,6 +68,8 @@ class Example:
     kind: Literal["qa", "statement", "replay"]
     complete: bool = True
     """Whether the answer is a whole turn (then the end-of-turn token is trained too)."""
+    system: str | None = None
+    """The system message it is asked under (None: the model's default one)."""
 
 
 _POSSESSIVE = re.compile(

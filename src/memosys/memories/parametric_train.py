@@ -21,7 +21,7 @@ Speed (the CPU is the budget): by default only the top ``top_layers`` decoder la
 The layers below them then compute the same hidden states at every step - their weights are
 frozen and no adapter touches them - so each example's hidden state entering the first adapted
 layer is computed once, up front, and every step runs only the adapted layers (forward and
-backward). With 12 of SmolLM2's 30 layers that makes a step ~2.5x cheaper; the loss is the
+backward). With 8 of SmolLM2's 30 layers that makes a step ~3x cheaper; the loss is the
 same as a full forward's (tested).
 """
 
@@ -34,7 +34,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,25 +59,31 @@ class TrainConfig:
 
     rank: int = 8
     alpha: float = 16.0
-    steps: int = 60
-    learning_rate: float = 2e-3
+    steps: int | None = None
+    """Optimizer steps; None: enough for ``epochs`` passes over the examples."""
+    epochs: float = 4.0
+    learning_rate: float = 4e-3
     batch_size: int = 8
-    warmup_steps: int = 4
+    warmup_steps: int = 3
     seed: int = 0
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
-    top_layers: int | None = 12
+    top_layers: int | None = 8
     """Adapt only the top N decoder layers (None: all); see the module docstring."""
     checkpoint_every: int = 10
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every"):
             value = getattr(self, name)
+            if name == "steps" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValidationError(f"{name} must be a positive integer, got {value!r}")
         if not 0 < self.learning_rate <= 1:
             raise ValidationError(f"learning_rate must be in (0, 1], got {self.learning_rate}")
         if self.warmup_steps < 0:
             raise ValidationError("warmup_steps must be >= 0")
+        if not 0 < self.epochs <= 1000:
+            raise ValidationError(f"epochs must be in (0, 1000], got {self.epochs}")
         if self.top_layers is not None and (
             isinstance(self.top_layers, bool) or not isinstance(self.top_layers, int)
             or self.top_layers < 1
@@ -97,8 +103,16 @@ class TrainConfig:
         data["target_modules"] = list(self.target_modules)
         return data
 
+    def for_examples(self, n_examples: int) -> TrainConfig:
+        """This config with ``steps`` fixed (from ``epochs`` when it is None)."""
+        if self.steps is not None:
+            return self
+        steps = max(1, math.ceil(self.epochs * n_examples / self.batch_size))
+        return replace(self, steps=steps)
+
     def lr_at(self, step: int) -> float:
         """Linear warm-up, then cosine decay to a tenth of the peak."""
+        assert self.steps is not None, "resolve steps with for_examples() first"
         if step < self.warmup_steps:
             return self.learning_rate * (step + 1) / (self.warmup_steps + 1)
         span = max(1, self.steps - self.warmup_steps)
@@ -142,6 +156,8 @@ def train_adapter(
 
     if not examples:
         raise ValidationError("nothing to train on")
+    config = config.for_examples(len(examples))
+    assert config.steps is not None
     bank.remove(name)  # a leftover of an interrupted run in this process
     spec = config.spec(int(bank.llm.model.config.num_hidden_layers))
     params = bank.create(name, spec, trainable=True)

@@ -19,6 +19,7 @@ LoRA layers' active adapter list, disable flag and scaling directly instead of p
 from __future__ import annotations
 
 import threading
+import warnings
 import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -144,7 +145,10 @@ class AdapterBank:
                 bias="none",
             )
             try:
-                inject_adapter_in_model(config, model, adapter_name=name)
+                with warnings.catch_warnings():
+                    # "Already found a peft_config": several adapters per model is the point.
+                    warnings.filterwarnings("ignore", "Already found a `peft_config`")
+                    inject_adapter_in_model(config, model, adapter_name=name)
             except ValueError as exc:  # e.g. a target module the model does not have
                 raise LLMError(f"cannot create adapter {name!r}: {exc}") from exc
             self._specs[name] = spec
@@ -222,9 +226,12 @@ class AdapterBank:
     def _remove_locked(self, name: str) -> None:
         from peft.tuners.lora import LoraLayer
 
-        for module in self.llm.model.modules():
-            if isinstance(module, LoraLayer) and name in module.lora_A:
-                module.delete_adapter(name)
+        with warnings.catch_warnings():
+            # peft re-activates another adapter; the next forward applies the selection anyway.
+            warnings.filterwarnings("ignore", "Adapter .* was active which is now deleted")
+            for module in self.llm.model.modules():
+                if isinstance(module, LoraLayer) and name in module.lora_A:
+                    module.delete_adapter(name)
         peft_config = getattr(self.llm.model, "peft_config", None)
         if isinstance(peft_config, dict):
             peft_config.pop(name, None)

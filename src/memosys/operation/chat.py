@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from memosys.errors import LLMError, ValidationError
+from memosys.memories.parametric_schedule import adapters_for_call
 from memosys.operation.prompt import DEFAULT_SYSTEM, system_message
 from memosys.operation.scheduler import MemoryDecision
 from memosys.types import validated
@@ -217,16 +218,23 @@ def _generate(
     if local is not None:
         ids = local.apply_chat_template(prompt)
         activation = plan.activation
+        if activation is not None and plan.adapters:
+            # The cache holds base-model activations; with adapters the prefix differs.
+            plan.record.events.append("cache not used: parametric adapters attached")
+            plan.record.activation = None
+            activation = None
         if activation is not None and ids[: activation.n_tokens] != activation.token_ids:
             # Never generate from a cache that is not exactly this prompt's prefix.
             plan.record.events.append("cache not used: prompt prefix tokenized differently")
             plan.record.activation = None
             activation = None
-        if activation is not None:
-            cached = activation.n_tokens
-            run = local.stream_from_cache(activation.cache, cached, ids[cached:], **options)
-        else:
-            run = local.stream(prompt, **options)
+        with adapters_for_call(local, plan.adapters):  # captured when the stream starts
+            if activation is not None:
+                cached = activation.n_tokens
+                run = local.stream_from_cache(activation.cache, cached, ids[cached:],
+                                              **options)
+            else:
+                run = local.stream(prompt, **options)
         prompt_tokens: int | None = len(ids)
     else:
         run = llm.stream(prompt, **options)

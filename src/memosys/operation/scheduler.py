@@ -52,10 +52,12 @@ from memosys.memories.activation import (
     LoadedActivation,
     SourceRef,
 )
+from memosys.memories.parametric_schedule import parametric_forms
 from memosys.operation.prompt import STABLE_SECTIONS, render_memory, section_of, stable_text
 from memosys.types import MemoryItem, MemoryKind, MemoryState, MemoryType, new_id
 
 if TYPE_CHECKING:
+    from memosys.models.adapters import AdapterSelection
     from memosys.models.local_llm import LocalLLM
     from memosys.operation.retrieval import SearchHit
     from memosys.system import MemOS
@@ -64,7 +66,7 @@ log = logging.getLogger(__name__)
 
 BUILD_JOB = "activation_build"
 EXTRACT_JOB = "extract"
-Form = Literal["activation", "plaintext", "skipped"]
+Form = Literal["activation", "plaintext", "parametric", "skipped"]
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,8 @@ class Plan:
     retrieved: list[MemoryItem]
     stable_items: list[MemoryItem]
     activation: LoadedActivation | None = None
+    adapters: AdapterSelection | None = None
+    """LoRA adapters holding memories given form ``parametric`` (memories.parametric_schedule)."""
 
 
 @dataclass
@@ -217,6 +221,7 @@ class MemScheduler:
         record = SchedulingRecord(new_id(), datetime.fromtimestamp(now, UTC).isoformat(),
                                   query, list(cube_ids), model)
         stable_items = self._stable_candidates(view, cube_ids, record, now)
+        para = parametric_forms(self.mos, cube_ids, local_llm)
         hits = view.search(query, list(cube_ids), top_k=cfg.top_k + len(stable_items))
         self._reheat_promoted([h.item.id for h in hits if self._relevant(h)], now)
 
@@ -226,6 +231,9 @@ class MemScheduler:
         chosen_stable: list[MemoryItem] = []
         stable_reasons: dict[str, str] = {}
         for item in stable_items:
+            if para is not None and (held := para.take(item)):
+                record.decisions.append(_decision(item, "parametric", section_of(item), held, 0))
+                continue
             tokens = count_tokens(render_memory(item) + "\n")
             pinned = item.memory_type in cfg.pinned_types
             why = (f"pinned {item.memory_type.value}: always relevant" if pinned
@@ -267,6 +275,10 @@ class MemScheduler:
                 continue
             if item.kind != MemoryKind.PLAINTEXT or ACTIVATION_TAG in item.tags:
                 continue
+            if para is not None and self._relevant(hit) and (held := para.take(item)):
+                record.decisions.append(_decision(item, "parametric", "retrieved", held, 0,
+                                                  hit.score))
+                continue
             if item.memory_type == MemoryType.EPISODE and item.source.role == "assistant":
                 # The model's own earlier answers are history, not facts: fed back, a small
                 # model's slip ("I'm Zorblax") would be repeated as memory.
@@ -300,7 +312,8 @@ class MemScheduler:
                 f"retrieved for this query: rank {rank} of {len(hits)}", tokens, hit.score))
         with self._lock:
             self._history.append(record)  # visible at once; after_answer adds its events
-        return Plan(record, stable, retrieved, chosen_stable, activation)
+        adapters = para.selection() if para is not None else None
+        return Plan(record, stable, retrieved, chosen_stable, activation, adapters)
 
     def _stable_candidates(
         self, view: MemOS, cube_ids: Sequence[str], record: SchedulingRecord, now: float
