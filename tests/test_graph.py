@@ -192,3 +192,16 @@ def test_reader_style_facts_keep_history_when_invalidated(mos: MemOS) -> None:
         "facts", "Caroline", as_of=datetime(2023, 3, 1, tzinfo=UTC))] == ["Acme Corp"]
     mos.delete(old.id)  # deleted (not merely invalidated): no longer part of the graph
     assert [r.object.name for r in mos.graph.facts("facts", "Caroline")] == ["Globex Inc"]
+
+
+def test_bench_graph_runs_small(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from memosys.bench.graph import run_graph_bench
+
+    out = tmp_path / "graph.json"
+    [row] = run_graph_bench([300], queries=5, json_file=out, out=Console(file=None,
+                                                                          quiet=True))
+    assert json.loads(out.read_text()) == [row]
+    assert row["memories"] == 300 and row["entities"] > 10 and row["relations"] > 10
+    assert row["graph_build_per_s"] > 0 and row["entity_query_p50_ms"] > 0

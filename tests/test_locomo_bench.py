@@ -180,3 +180,13 @@ def test_dev_split_loads_with_the_documented_counts() -> None:
     assert len(convs) == 5
     assert sum(len(c.turns) for c in convs) == 2760
     assert sum(len(c.questions) for c in convs) == 760
+
+
+def test_bench_command_graph_switch(tiny: Path, tmp_path: Path, embedder) -> None:
+    out = tmp_path / "locomo-graph.json"
+    result = CliRunner().invoke(app, ["bench", "locomo", "--data", str(tiny), "--json",
+                                      str(out), "--graph", "on"])
+    assert result.exit_code == 0, result.output + str(result.exception or "")
+    assert json.loads(out.read_text())["overall"]["recall@20"] == 1.0
+    bad = CliRunner().invoke(app, ["bench", "locomo", "--data", str(tiny), "--graph", "x"])
+    assert bad.exit_code == 2

@@ -193,6 +193,7 @@ def run_graph_bench(sizes: list[int], queries: int = 200, json_file: Path | None
         for n in sizes:
             out.print(f"graph bench: {n} memories ...")
             rows.append(bench_size(n, queries, Path(root)))
+            out.print(json.dumps(rows[-1]))  # each size as soon as it is measured
     table = Table(title="memosys bench graph (SQLite, synthetic chat)")
     table.add_column("metric")
     for row in rows:
