@@ -35,7 +35,7 @@ app.add_typer(cubes_app, name="cubes")
 bench_app = typer.Typer(help="Reproducible benchmarks that print tables.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(db_app, name="db")
-register(app)  # users, keys, share, acl, policy, audit, lifecycle, review, feedback
+register(app, bench_app)  # users, keys, share, acl, policy, audit, lifecycle, review, ...
 
 out = Console()
 err = Console(stderr=True)
