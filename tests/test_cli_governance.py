@@ -103,3 +103,13 @@ def test_policy_lifecycle_and_review_commands(cli) -> None:
     report = _json(cli("lifecycle", "run", "-c", "c", "--json"))
     assert report["transitions"] == []
     assert _json(cli("get", item["id"], "--json"))["state"] == "active"
+
+
+def test_bench_governance_prints_and_writes_json(tmp_path: Path, embedder) -> None:
+    target = tmp_path / "gov.json"
+    result = runner.invoke(app, ["bench", "governance", "--n", "40", "--queries", "4",
+                                 "--json", str(target)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(target.read_text())
+    assert data["memories"] == 40 and data["search_user_ms"] > 0
+    assert "x baseline" in result.output

@@ -44,7 +44,7 @@ app.add_typer(db_app, name="db")
 app.command("mcp")(mcp_command)
 register_exchange(app, bench_app)
 register_serve(app, bench_app)
-register(app)  # users, keys, share, acl, policy, audit, lifecycle, review, feedback
+register(app, bench_app)  # users, keys, share, acl, policy, audit, lifecycle, review, ...
 register_parametric(app, bench_app)
 register_activation(app, bench_app)  # chat, activation, bench ttft
 app.add_typer(graph_app, name="graph")

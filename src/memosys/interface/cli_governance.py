@@ -61,7 +61,9 @@ def _print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, default=str, ensure_ascii=False) + "\n")
 
 
-def register(app: typer.Typer) -> None:
+def register(app: typer.Typer, bench_app: typer.Typer | None = None) -> None:
+    if bench_app is not None:
+        bench_app.command("governance")(bench_governance)
     app.add_typer(users_app, name="users")
     app.add_typer(keys_app, name="keys")
     app.add_typer(audit_app, name="audit")
@@ -406,3 +408,20 @@ def feedback(
             out.print(f"{item.id}: now version {item.version} ({item.state.value})")
         else:
             out.print(f"recorded {kind} for {item_id}")
+
+
+# --- bench ---------------------------------------------------------------------------------
+def bench_governance(
+    n: Annotated[int, typer.Option("--n", help="Memories in the cube.")] = 2000,
+    queries: Annotated[int, typer.Option(help="Distinct queries (each run 3 times).")] = 50,
+    json_file: Annotated[Path | None, typer.Option("--json", help="Write results here.")]
+    = None,
+) -> None:
+    """Cost of permission checks and the audit log per search, and of authenticate."""
+    from memosys.bench.governance import run_governance_bench
+
+    try:
+        run_governance_bench(n, queries, json_file, out)
+    except MemosysError as exc:
+        err.print(f"[red]error[/red] ({exc.code}): {exc}")
+        raise typer.Exit(exc.exit_code) from None
