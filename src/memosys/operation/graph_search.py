@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, replace
+from typing import Any
 
 from memosys.infra.vault.base import ItemFilter, Vault
 from memosys.infra.vault.fts_query import query_terms
@@ -122,6 +123,15 @@ class GraphStage:
                 allowed |= {i.id for i in self.vault.list_items(replace(flt, ids=wanted),
                                                                 limit=len(wanted))}
         return {i: scores[i] for i in best if i in allowed}
+
+    # The stage protocol of branch `retrieval` (`HybridRetriever.insert_stage`): the same
+    # work on its `SearchRun`, so either hook can run this stage.
+    def enabled(self, config: object) -> bool:
+        return True
+
+    def __call__(self, run: Any) -> None:
+        for item_id, boost in self.expand(run.query, run.flt, run.base).items():
+            run.add_candidate(item_id, pooled=True).parts[self.name] = boost
 
     def _rarity(self, entity: Entity, total: int) -> float:
         mentions = max(1, entity.mentions)
