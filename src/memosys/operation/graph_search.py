@@ -1,6 +1,6 @@
 """The graph stage of retrieval: entity linking of the query, then expansion along the
-graph (a `Stage` of `HybridRetriever`, inserted before "context"; switched on by the
-`graph_search` setting or `memosys bench locomo --graph on`).
+graph (a `CandidateStage` of `HybridRetriever`, switched on by the `graph_search` setting
+or `memosys bench locomo --graph on`).
 
 1. **link**: the names in the query (`named_entities`), its relative references
    ("Melanie's kids", "her kids" when the query names one person) and its content words
@@ -21,14 +21,11 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import Any
 
 from memosys.infra.vault.base import ItemFilter, Vault
 from memosys.infra.vault.fts_query import query_terms
 from memosys.infra.vault.graph_base import Entity, EntityType, GraphStore
-
-if TYPE_CHECKING:
-    from memosys.operation.retrieval import RetrievalConfig, SearchRun
 from memosys.operation.graph_extract import (
     canonical_role,
     named_entities,
@@ -85,14 +82,6 @@ class GraphStage:
                     linked[entity.id] = entity
         return list(linked.values())
 
-    def enabled(self, config: RetrievalConfig) -> bool:
-        return True
-
-    def __call__(self, run: SearchRun) -> None:
-        """A `Stage` of the pipeline: graph-found memories join the pool before context."""
-        for item_id, boost in self.expand(run.query, run.flt, run.base).items():
-            run.add_candidate(item_id, pooled=item_id in run.base).parts[self.name] = boost
-
     def expand(self, query: str, flt: ItemFilter, base: dict[str, float]) -> dict[str, float]:
         cfg = self.config
         cube_ids = list(flt.cube_ids) or [c.id for c in self.vault.list_cubes()]
@@ -134,6 +123,15 @@ class GraphStage:
                 allowed |= {i.id for i in self.vault.list_items(replace(flt, ids=wanted),
                                                                 limit=len(wanted))}
         return {i: scores[i] for i in best if i in allowed}
+
+    # The stage protocol of branch `retrieval` (`HybridRetriever.insert_stage`): the same
+    # work on its `SearchRun`, so either hook can run this stage.
+    def enabled(self, config: object) -> bool:
+        return True
+
+    def __call__(self, run: Any) -> None:
+        for item_id, boost in self.expand(run.query, run.flt, run.base).items():
+            run.add_candidate(item_id, pooled=True).parts[self.name] = boost
 
     def _rarity(self, entity: Entity, total: int) -> float:
         mentions = max(1, entity.mentions)

@@ -604,12 +604,14 @@ class SQLGraph(GraphStore):
             "WITH RECURSIVE walk(id, hops) AS ("
             " SELECT CAST(? AS TEXT), 0"
             " UNION"
-            " SELECT CASE WHEN r.subject_id = walk.id THEN r.object_id ELSE r.subject_id END,"
-            " walk.hops + 1"
-            " FROM walk JOIN graph_relations r ON (r.subject_id = walk.id OR"
-            " r.object_id = walk.id) AND r.cube_id = ? WHERE walk.hops < ?)"
+            " SELECT e.b, walk.hops + 1 FROM walk JOIN ("
+            # both directions as two indexed arms (an OR join would scan every relation)
+            "  SELECT subject_id AS a, object_id AS b FROM graph_relations WHERE cube_id = ?"
+            "  UNION ALL"
+            "  SELECT object_id AS a, subject_id AS b FROM graph_relations WHERE cube_id = ?"
+            " ) e ON e.a = walk.id WHERE walk.hops < ?)"
             " SELECT id, min(hops) FROM walk GROUP BY id",
-            (start, cube_id, int(hops)))
+            (start, cube_id, cube_id, int(hops)))
         return {eid: int(n) for eid, n in rows}
 
     @staticmethod
