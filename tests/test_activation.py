@@ -221,3 +221,14 @@ def test_ttft_bench_writes_the_documented_json(local: LocalLLM, tmp_path: Path,
                 "build_s", "cache_bytes", "identical"} <= set(row)
         assert row["identical"] is True and row["memory_tokens"] >= 48
         assert row["cache_bytes"] > 0
+
+
+
+def test_cache_records_never_come_back_from_search(amos: MemOS, local: LocalLLM) -> None:
+    """A KV-cache record is an item of kind `activation`: internal, never an answer."""
+    sections = _memories(amos)
+    _build(_store(amos, local), local, sections)
+    hits = amos.search("Dana vegetarian nurse Lyon rules", "c", top_k=20)
+    assert hits and {h.item.kind.value for h in hits} == {"plaintext"}
+    assert {i.kind.value for i in amos.list("c")} == {"plaintext"}
+    assert [i.kind.value for i in amos.list("c", {"kinds": ["activation"]})] == ["activation"]

@@ -35,6 +35,7 @@ from memosys.types import (
     CubeConfig,
     MemCube,
     MemoryItem,
+    MemoryKind,
     MemoryState,
     MemoryType,
     Source,
@@ -85,6 +86,8 @@ class SearchFilters:
 
     memory_types: Sequence[str] = ()
     states: Sequence[str] = ("active",)
+    kinds: Sequence[str] = ("plaintext",)
+    """Activation-cache and adapter records are internal: asked for only by name."""
     user: str | None = None
     agent: str | None = None
     session: str | None = None
@@ -417,10 +420,11 @@ class MemOS(GovernanceAPI):
         try:
             types = tuple(MemoryType(t) for t in _seq_arg("memory_types", filters.memory_types))
             states = tuple(MemoryState(s) for s in _seq_arg("states", filters.states))
+            kinds = tuple(MemoryKind(k) for k in _seq_arg("kinds", filters.kinds))
         except ValueError as exc:
             raise ValidationError(
                 f"{exc}; memory types: {[t.value for t in MemoryType]}, "
-                f"states: {[s.value for s in MemoryState]}"
+                f"states: {[s.value for s in MemoryState]}, kinds: {[k.value for k in MemoryKind]}"
             ) from None
         for name in ("since", "until", "valid_at"):
             value = getattr(filters, name)
@@ -429,6 +433,7 @@ class MemOS(GovernanceAPI):
         return ItemFilter(
             cube_ids=tuple(cube_ids),
             memory_types=types,
+            kinds=kinds,
             states=states,
             user=filters.user,
             agent=filters.agent,

@@ -1,6 +1,6 @@
 """The graph stage of retrieval: entity linking of the query, then expansion along the
-graph (a `CandidateStage` of `HybridRetriever`, switched on by the `graph_search` setting
-or `memosys bench locomo --graph on`).
+graph (a `Stage` of `HybridRetriever`, inserted before "context"; switched on by the
+`graph_search` setting or `memosys bench locomo --graph on`).
 
 1. **link**: the names in the query (`named_entities`), its relative references
    ("Melanie's kids", "her kids" when the query names one person) and its content words

@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from memosys.types import CubeConfig, MemCube, MemoryItem, MemoryState, MemoryType, Stats
+from memosys.types import (
+    CubeConfig,
+    MemCube,
+    MemoryItem,
+    MemoryKind,
+    MemoryState,
+    MemoryType,
+    Stats,
+)
 
 if TYPE_CHECKING:
     from memosys.infra.governance import GovernanceStore
@@ -30,6 +38,9 @@ class ItemFilter:
     cube_ids: tuple[str, ...] = ()
     ids: tuple[str, ...] = ()
     memory_types: tuple[MemoryType, ...] = ()
+    kinds: tuple[MemoryKind, ...] = ()
+    """plaintext | activation | parametric; the runtime's searches ask for plaintext only, so
+    cache and adapter records never come back as answers."""
     states: tuple[MemoryState, ...] = (MemoryState.ACTIVE,)
     user: str | None = None
     agent: str | None = None

@@ -78,6 +78,8 @@ def where_clause(flt: ItemFilter, alias: str = "i") -> tuple[str, list[Any]]:
     if flt.valid_at is not None:
         add(f"{alias}.event_time <= %s AND ({alias}.valid_to IS NULL "
             f"OR {alias}.valid_to > %s)", flt.valid_at, flt.valid_at)
+    if flt.kinds:
+        add(f"({alias}.doc::json ->> 'kind') = ANY(%s)", [k.value for k in flt.kinds])
     if flt.viewer is not None:  # governance: private memories only for their owner
         add(f"(({alias}.doc::json ->> 'visibility') <> 'private' OR {alias}.owner = %s)",
             _clean(flt.viewer))

@@ -535,6 +535,10 @@ class SQLiteVault(SQLiteImportMixin, SQLGraph, Vault):
                 f"{alias}.event_time <= ? AND ({alias}.valid_to IS NULL OR {alias}.valid_to > ?)"
             )
             params.extend([at, at])
+        if flt.kinds:
+            clauses.append(f"json_extract({alias}.doc, '$.kind') IN "
+                           f"({','.join('?' * len(flt.kinds))})")
+            params.extend(k.value for k in flt.kinds)
         if flt.viewer is not None:  # governance: private memories only for their owner
             clauses.append(f"(json_extract({alias}.doc, '$.visibility') != 'private' "
                            f"OR {alias}.owner = ?)")
