@@ -51,6 +51,11 @@ def test_second_chat_recalls_what_the_first_said(chat_mos: MemOS) -> None:
     assert chat_mos.get(recalled[0].memory_id).stats.used_in_answer_count >= 1
     records = chat_mos.scheduler.recent_decisions(5)
     assert records[0].id == second.scheduling_id
+    # The audit says which memory versions went into that answer (and holds no text).
+    answer = next(e for e in chat_mos.audit_log(limit=50) if e.op == "chat.answer")
+    assert answer.detail["scheduling_id"] == second.scheduling_id
+    assert set(answer.items) == {(d.memory_id, d.version) for d in used}
+    assert "Zorblax" not in repr(answer)
     assert {d["memory_id"] for d in records[0].as_dict()["decisions"]} >= {
         d.memory_id for d in used}
 

@@ -272,6 +272,13 @@ def _generate(
         cube_id=cubes[0], cube_ids=cubes, scheduling_id=plan.record.id,
         activation=plan.record.activation, ttft_s=None if ttft is None else round(ttft, 4),
     )
+    used = [d for d in result.decisions if d.form != "skipped"]
+    # The audit's read record of an answer: which memory versions went into it, in which
+    # form; ids and counts only, never text.
+    mos.record_audit("chat.answer", cube_id=cubes[0],
+                     items=[(d.memory_id, d.version) for d in used],
+                     detail={"scheduling_id": plan.record.id, "model": llm.id,
+                             "forms": sorted({d.form for d in used})})
     if remember:
         _remember(mos, result, turns, text, user=user, session=session)
     if plan.activation is not None and cached:
