@@ -61,6 +61,9 @@ def test_authenticate_returns_the_principal_of_a_key(mos: MemOS) -> None:
     for bad in ("", "msk_nope", secret[:-1] + ("A" if secret[-1] != "A" else "B"), 42):
         with pytest.raises(AuthenticationError):
             mos.authenticate(bad)  # type: ignore[arg-type]
+    # A view shares the runtime's scheduler (one usage history, one worker), even when it
+    # is made before anything asked for the scheduler.
+    assert mos.as_actor(p).scheduler is mos.scheduler
 
 
 def test_user_b_cannot_see_or_touch_user_a_memories(tenants) -> None:

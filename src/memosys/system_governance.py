@@ -87,6 +87,9 @@ class GovernanceAPI:
         """A view acting as `principal`: shares everything but the actor."""
         if not isinstance(principal, Principal):
             raise ValidationError("as_actor needs a Principal (see MemOS.authenticate)")
+        # One scheduler per runtime (its usage counts, decisions and worker), so create it
+        # before copying; each call passes the view to it, so checks stay the view's.
+        self.scheduler  # noqa: B018
         view = copy.copy(self)
         view.__dict__.pop("_access_cache", None)
         view.__dict__["_reader"] = None  # its MemReader writes as the view's actor
