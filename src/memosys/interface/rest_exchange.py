@@ -82,7 +82,8 @@ def export(
 
 
 @router.post("/import", openapi_extra={"requestBody": {
-    "required": True, "content": {"application/zip": {"schema": {
+    # any content type is read as the raw archive; octet-stream is what the schema names
+    "required": True, "content": {"application/octet-stream": {"schema": {
         "type": "string", "format": "binary"}}}}})
 async def import_cube(
     request: Request,
