@@ -79,7 +79,7 @@ class ActivationError(MemosysError):
     """An activation (KV) cache that cannot be built, loaded or used."""
 
     code = "activation_error"
-    exit_code = 9
+    exit_code = 11
 
 
 class StaleActivationError(ActivationError):

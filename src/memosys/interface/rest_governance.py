@@ -1,4 +1,5 @@
-"""`/api/v1` routes for sharing cubes and reading the audit log (memosys.system_governance).
+"""`/api/v1` routes for sharing cubes, reading the audit log and managing users and API
+keys (memosys.system_governance).
 
 Who may do what is decided by the runtime view the request runs on: sharing needs the
 `share` permission on the cube, the audit log shows admins everything and others their own
@@ -10,10 +11,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from memosys.infra.governance import Grant
+from memosys.infra.governance import DEFAULT_KEY_SCOPES, ApiKey, Grant, User
 from memosys.interface.rest_auth import request_runtime
 from memosys.interface.rest_errors import ERROR_RESPONSES
 from memosys.system import MemOS
@@ -97,3 +98,87 @@ def audit(
     more = len(entries) > limit and order == "oldest"
     return AuditPage(items=[e.as_dict() for e in page],
                      next_after_seq=page[-1].seq if more and page else None)
+
+
+# Users and keys: the runtime decides who may (admins; a user may also make and revoke
+# their own keys with at most their own scopes), so these routes only translate.
+Role = Literal["admin", "owner", "member", "reader"]  # memosys.infra.governance.ROLES
+Scope = Literal["read", "write", "delete", "share", "sensitive", "admin"]
+
+
+class UserRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128)
+    role: Role = "member"
+
+
+class UserOut(BaseModel):
+    id: str
+    role: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, user: User) -> UserOut:
+        return cls(id=user.id, role=user.role, created_at=user.created_at)
+
+
+class Users(BaseModel):
+    items: list[UserOut]
+
+
+class KeyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scopes: list[Scope] = Field(default_factory=lambda: sorted(DEFAULT_KEY_SCOPES),
+                                min_length=1, max_length=6)
+    agent: str | None = Field(default=None, max_length=128)
+
+
+class KeyOut(BaseModel):
+    id: str
+    user_id: str
+    scopes: list[str]
+    agent: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> KeyOut:
+        return cls(id=key.id, user_id=key.user_id, scopes=sorted(key.scopes), agent=key.agent,
+                   created_at=key.created_at, revoked_at=key.revoked_at)
+
+
+class KeyCreated(BaseModel):
+    id: str
+    user_id: str
+    scopes: list[str]
+    secret: str
+    """Shown this once; only its hash is stored."""
+
+
+@router.post("/users", response_model=UserOut, status_code=status.HTTP_201_CREATED,
+             tags=["users"])
+def create_user(body: UserRequest, mos: Runtime) -> UserOut:
+    """Create a user (admin only)."""
+    return UserOut.of(mos.create_user(body.name, role=body.role))
+
+
+@router.get("/users", response_model=Users, tags=["users"])
+def list_users(mos: Runtime) -> Users:
+    """Every user (admin only)."""
+    return Users(items=[UserOut.of(u) for u in mos.list_users()])
+
+
+@router.post("/users/{user}/keys", response_model=KeyCreated,
+             status_code=status.HTTP_201_CREATED, tags=["users"])
+def create_key(user: str, body: KeyRequest, mos: Runtime) -> KeyCreated:
+    """A new API key for the user; the secret is in this answer only."""
+    key_id, secret = mos.create_api_key(user, scopes=body.scopes, agent=body.agent)
+    return KeyCreated(id=key_id, user_id=user, scopes=sorted(body.scopes), secret=secret)
+
+
+@router.delete("/keys/{key_id}", response_model=KeyOut, tags=["users"])
+def revoke_key(key_id: str, mos: Runtime) -> KeyOut:
+    """Revoke a key now: its next request is a 401."""
+    return KeyOut.of(mos.revoke_api_key(key_id))
