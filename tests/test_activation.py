@@ -201,3 +201,23 @@ def test_budget_evicts_the_coldest_and_it_is_rebuilt_on_demand(
     assert store.evictions[-1] == two.record_id
     record = amos.get(one.record_id)
     assert record.state.value == "active" and record.kind == MemoryKind.ACTIVATION
+
+
+def test_ttft_bench_writes_the_documented_json(local: LocalLLM, tmp_path: Path,
+                                               home: Path) -> None:
+    from rich.console import Console
+
+    from memosys.bench.ttft import run_ttft_bench
+    from memosys.config import Settings
+
+    target = tmp_path / "ttft.json"
+    rows = run_ttft_bench((48,), repeats=1, max_new_tokens=4, json_file=target,
+                          out=Console(file=open(tmp_path / "log", "w")),  # noqa: SIM115
+                          llm=local, settings=Settings.load(home), threads=None)
+    data = json.loads(target.read_text())
+    assert len(data["rows"]) == 2 == len(rows)  # short and long query
+    for row in data["rows"]:
+        assert {"memory_tokens", "query_tokens", "ttft_prompt_s", "ttft_kv_s", "reduction",
+                "build_s", "cache_bytes", "identical"} <= set(row)
+        assert row["identical"] is True and row["memory_tokens"] >= 48
+        assert row["cache_bytes"] > 0

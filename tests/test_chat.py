@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
+from typing import Any
 
 import pytest
 
 from memosys.errors import LLMError, NotFoundError, ValidationError
 from memosys.models.local_llm import LocalLLM
+from memosys.models.openai_llm import OpenAICompatibleLLM
 from memosys.operation.chat import ChatResult, ChatStream
 from memosys.operation.scheduler import MemScheduler, SchedulerConfig
 from memosys.system import MemOS, Message
@@ -76,3 +80,46 @@ def test_chat_rejects_bad_input(chat_mos: MemOS) -> None:
         chat_mos.chat([{"role": "user", "content": "hi"}], cube_ids=["nope"])
     assert chat_mos.vault.count(chat_mos._filter(
         [c.id for c in chat_mos.list_cubes()], None)) == 0  # nothing was written
+
+
+@pytest.fixture(scope="module")
+def openai_server(local: LocalLLM) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A real OpenAI-compatible HTTP server on loopback, answering with the local model."""
+    from test_llm import _make_handler
+
+    log: list[dict[str, Any]] = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(local, log))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    host, port = httpd.server_address[:2]
+    try:
+        yield f"http://{host}:{port}/v1", log
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_chat_with_an_openai_compatible_model(
+    mos: MemOS, local: LocalLLM, openai_server: tuple[str, list[dict[str, Any]]]
+) -> None:
+    base_url, requests = openai_server
+    mos.llm = OpenAICompatibleLLM("smollm2", base_url=base_url)
+    mos.scheduler = MemScheduler(mos, SchedulerConfig(background=False))
+    mos.create_cube("r")
+    mos.add("r", "Always answer in one short sentence.", memory_type="rule")
+    mos.add("r", "The user's cat is called Pistache.")
+    messages = [{"role": "user", "content": "What is my cat called?"}]
+    result = mos.chat(messages, cube_ids=["r"], max_tokens=12)
+    assert isinstance(result, ChatResult) and result.model == "openai:smollm2"
+    forms = {d.section: (d.form, d.reason) for d in result.decisions}
+    assert forms["rules"][0] == "plaintext" and "local model only" in forms["rules"][1]
+    assert forms["retrieved"][0] == "plaintext"
+    sent = requests[-1]["messages"]
+    assert sent[0]["role"] == "system" and "Pistache" in sent[0]["content"]
+    assert "Always answer in one short sentence." in sent[0]["content"]
+    assert sent[1:] == messages
+    assert result.text == local.chat(sent, max_new_tokens=12).text  # what the server said
+    assert result.usage.prompt_tokens and result.activation is None
+    streamed = mos.chat(messages, cube_ids=["r"], max_tokens=12, stream=True, remember=False)
+    assert "".join(streamed) == streamed.result.text
+    assert len(mos.get(result.written[0]).text) > 0

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from rich.table import Table
 
 from memosys.errors import MemosysError, ValidationError
+from memosys.interface.cli_activation import register as register_activation
 from memosys.interface.cli_db import db_app
 from memosys.interface.cli_parametric import register as register_parametric
 from memosys.system import MemOS, SearchFilters
@@ -34,6 +35,7 @@ app.add_typer(cubes_app, name="cubes")
 bench_app = typer.Typer(help="Reproducible benchmarks that print tables.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(db_app, name="db")
+register_activation(app, bench_app)  # chat, activation, bench ttft
 register_parametric(app, bench_app)
 
 out = Console()

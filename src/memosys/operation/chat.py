@@ -36,6 +36,7 @@ from memosys.types import validated
 
 if TYPE_CHECKING:
     from memosys.models.llm import LLM
+    from memosys.models.llm import ChatResult as LLMResult
     from memosys.system import MemOS, Message
 
 DEFAULT_CUBE = "default"
@@ -144,7 +145,7 @@ def run_chat(
     cubes = _cubes(mos, cube_ids)
     run = _generate(mos, conversation, cubes, user=user, session=session,
                     max_tokens=max_tokens, temperature=float(temperature),
-                    remember=remember, started=started)
+                    remember=remember, started=started, stream=stream)
     chat_stream = ChatStream(run)
     if stream:
         return chat_stream
@@ -196,6 +197,7 @@ def _generate(
     temperature: float,
     remember: bool,
     started: float,
+    stream: bool,
 ) -> Generator[str, None, ChatResult]:
     from memosys.models.local_llm import LocalLLM
 
@@ -236,9 +238,13 @@ def _generate(
             else:
                 run = local.stream(prompt, **options)
         prompt_tokens: int | None = len(ids)
-    else:
+    elif stream:
         run = llm.stream(prompt, **options)
-        prompt_tokens = None
+        prompt_tokens = None  # a streamed OpenAI-style answer reports no usage
+    else:
+        answer = llm.chat(prompt, **options)
+        run = _once(answer)
+        prompt_tokens = answer.prompt_tokens
     plan.record.prompt_tokens = prompt_tokens
     plan.record.cached_tokens = cached
 
@@ -290,6 +296,12 @@ def _remember(mos: MemOS, result: ChatResult, turns: list[Message], answer: str,
     result.job_id = job.id if job is not None else None
     if job is not None:
         mos.scheduler.notify()  # the worker runs the extraction in the background
+
+
+def _once(answer: LLMResult) -> Generator[str, None, LLMResult]:
+    if answer.text:
+        yield answer.text
+    return answer
 
 
 def _counter(local: Any) -> Any:

@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 BUILD_JOB = "activation_build"
 EXTRACT_JOB = "extract"
 Form = Literal["activation", "plaintext", "parametric", "skipped"]
+SWEEP_EVERY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,7 @@ class MemScheduler:
         self._usage: dict[str, _Usage] = {}
         self._history: deque[SchedulingRecord] = deque(maxlen=self.config.history)
         self._pending: dict[str, str] = {}  # cache key -> job id
+        self._swept: dict[str, float] = {}  # cube id -> monotonic time of the last sweep
         self._store: ActivationStore | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -377,6 +379,7 @@ class MemScheduler:
         record: SchedulingRecord,
     ) -> tuple[LoadedActivation | None, str]:
         store = self.activation_store(llm)
+        self._maybe_sweep(store, cube_id, record)
         levels = stable_levels(llm, base_system, sections)
         ids = [t for level in levels for t in level]
         sources = [SourceRef(i.id, i.version) for i in items]
@@ -394,6 +397,18 @@ class MemScheduler:
         job = self._queue_build(cube_id, base_system, sections, key)
         record.events.append(f"queued cache build {key} (job {job})")
         return None, f"cache not built yet (build queued: job {job}); text in the prompt"
+
+    def _maybe_sweep(self, store: ActivationStore, cube_id: str,
+                     record: SchedulingRecord) -> None:
+        """Drop caches of changed, deleted or purged memories (at most every few seconds per
+        cube), so a forgotten memory does not stay on disk as tensors."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._swept.get(cube_id, -1e9) < SWEEP_EVERY_S:
+                return
+            self._swept[cube_id] = now
+        for rid in store.sweep(cube_id):
+            record.events.append(f"removed stale cache {rid}")
 
     def _queue_build(self, cube_id: str, base_system: str,
                      sections: dict[str, list[MemoryItem]], key: str) -> str:
