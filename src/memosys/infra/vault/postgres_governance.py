@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -25,7 +24,6 @@ from memosys.infra.governance import (
     NewAuditEntry,
     ReviewEntry,
     User,
-    entry_hash,
     utcnow,
 )
 from memosys.infra.vault.sqlite_governance import (
@@ -33,8 +31,10 @@ from memosys.infra.vault.sqlite_governance import (
     _KEY_COLS,
     _REVIEW_COLS,
     audit_from_row,
+    audit_item_rows,
+    audit_query,
     canonical,
-    normalised,
+    chain_audit,
     review_from_row,
 )
 
@@ -234,29 +234,17 @@ class PostgresGovernance(GovernanceStore):
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,))
             last = conn.execute(
                 "SELECT seq, hash FROM gov_audit ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, prev = (int(last[0]), last[1]) if last else (0, GENESIS)
-            out: list[AuditEntry] = []
-            for raw in entries:
-                e = normalised(raw)
-                seq += 1
-                at = datetime.fromisoformat(utcnow().isoformat(timespec="microseconds"))
-                digest = entry_hash(prev, seq, at, e)
+            chained = chain_audit(entries, *((int(last[0]), last[1]) if last else (0, GENESIS)))
+            for row, entry in chained:
                 conn.execute(
                     f"INSERT INTO gov_audit ({_AUDIT_COLS}) VALUES "
-                    "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    (seq, at.isoformat(timespec="microseconds"), e.actor, e.agent, e.key_id,
-                     e.op, e.outcome, e.cube_id, canonical([list(p) for p in e.items]),
-                     canonical(e.detail), prev, digest))
-                if e.items:
+                    "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", row)
+                if entry.items:
                     with conn.cursor() as cur:
                         cur.executemany(
                             "INSERT INTO gov_audit_items (item_id, seq) VALUES (%s, %s) "
-                            "ON CONFLICT DO NOTHING",
-                            [(i, seq) for i in dict.fromkeys(i for i, _ in e.items)])
-                out.append(AuditEntry(seq, at, e.actor, e.agent, e.key_id, e.op, e.outcome,
-                                      e.cube_id, e.items, e.detail, prev, digest))
-                prev = digest
-            return out
+                            "ON CONFLICT DO NOTHING", audit_item_rows(entry))
+            return [entry for _, entry in chained]
 
         return list(self._tx(work))
 
@@ -270,22 +258,8 @@ class PostgresGovernance(GovernanceStore):
         item_id: str | None = None,
         newest_first: bool = False,
     ) -> list[AuditEntry]:
-        clauses, params = ["a.seq > %s"], [after_seq]
-        if cube_id is not None:
-            clauses.append("a.cube_id = %s")
-            params.append(cube_id)
-        if actor is not None:
-            clauses.append("a.actor = %s")
-            params.append(actor)
-        if item_id is not None:
-            clauses.append("a.seq IN (SELECT seq FROM gov_audit_items WHERE item_id = %s)")
-            params.append(item_id)
-        cols = ", ".join(f"a.{c.strip()}" for c in _AUDIT_COLS.split(","))
-        query = (f"SELECT {cols} FROM gov_audit a WHERE {' AND '.join(clauses)} "
-                 f"ORDER BY a.seq {'DESC' if newest_first else 'ASC'}")
-        if limit is not None:
-            query += " LIMIT %s"
-            params.append(limit)
+        query, params = audit_query("%s", after_seq=after_seq, limit=limit, cube_id=cube_id,
+                                    actor=actor, item_id=item_id, newest_first=newest_first)
         return [audit_from_row(r) for r in self._read(query, params)]
 
     # --- policies --------------------------------------------------------------------

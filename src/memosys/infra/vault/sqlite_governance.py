@@ -127,6 +127,54 @@ def _key(row: tuple[Any, ...]) -> ApiKey:
 _AUDIT_COLS = "seq, at, actor, agent, key_id, op, outcome, cube_id, items, detail, prev_hash, hash"
 
 
+def chain_audit(entries: Sequence[NewAuditEntry], last_seq: int,
+                last_hash: str) -> list[tuple[tuple[Any, ...], AuditEntry]]:
+    """The entries that follow (last_seq, last_hash) in the hash chain, each with its
+    gov_audit row (columns `_AUDIT_COLS`). One computation for both backends, so the chain
+    verifies the same way whichever store wrote it."""
+    out: list[tuple[tuple[Any, ...], AuditEntry]] = []
+    seq, prev = last_seq, last_hash
+    for raw in entries:
+        e = normalised(raw)
+        seq += 1
+        at = datetime.fromisoformat(_iso(utcnow()) or "")  # hashed at the stored precision
+        digest = entry_hash(prev, seq, at, e)
+        row = (seq, _iso(at), e.actor, e.agent, e.key_id, e.op, e.outcome, e.cube_id,
+               canonical([list(p) for p in e.items]), canonical(e.detail), prev, digest)
+        out.append((row, AuditEntry(seq, at, e.actor, e.agent, e.key_id, e.op, e.outcome,
+                                    e.cube_id, e.items, e.detail, prev, digest)))
+        prev = digest
+    return out
+
+
+def audit_item_rows(entry: AuditEntry) -> list[tuple[str, int]]:
+    """gov_audit_items rows of an entry: each memory id once."""
+    return [(i, entry.seq) for i in dict.fromkeys(i for i, _ in entry.items)]
+
+
+def audit_query(mark: str, *, after_seq: int, limit: int | None, cube_id: str | None,
+                actor: str | None, item_id: str | None,
+                newest_first: bool) -> tuple[str, list[Any]]:
+    """The audit listing's SELECT with `mark` as the driver's placeholder (? or %s)."""
+    clauses, params = [f"a.seq > {mark}"], [after_seq]
+    if cube_id is not None:
+        clauses.append(f"a.cube_id = {mark}")
+        params.append(cube_id)
+    if actor is not None:
+        clauses.append(f"a.actor = {mark}")
+        params.append(actor)
+    if item_id is not None:
+        clauses.append(f"a.seq IN (SELECT seq FROM gov_audit_items WHERE item_id = {mark})")
+        params.append(item_id)
+    cols = ", ".join(f"a.{c.strip()}" for c in _AUDIT_COLS.split(","))
+    query = (f"SELECT {cols} FROM gov_audit a WHERE {' AND '.join(clauses)} "
+             f"ORDER BY a.seq {'DESC' if newest_first else 'ASC'}")
+    if limit is not None:
+        query += f" LIMIT {mark}"
+        params.append(limit)
+    return query, params
+
+
 def audit_from_row(row: Sequence[Any]) -> AuditEntry:
     seq, at, actor, agent, key_id, op, outcome, cube_id, items, detail, prev, digest = row
     return AuditEntry(
@@ -270,28 +318,18 @@ class SQLiteGovernance(GovernanceStore):
     def append_audit(self, entries: Sequence[NewAuditEntry]) -> list[AuditEntry]:
         if not entries:
             return []
-        out: list[AuditEntry] = []
         with self._vault._write() as conn:
             last = conn.execute(
                 "SELECT seq, hash FROM gov_audit ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, prev = (int(last[0]), last[1]) if last else (0, GENESIS)
-            for raw in entries:
-                e = normalised(raw)
-                seq += 1
-                at = datetime.fromisoformat(_iso(utcnow()) or "")
-                digest = entry_hash(prev, seq, at, e)
+            chained = chain_audit(entries, *((int(last[0]), last[1]) if last else (0, GENESIS)))
+            for row, entry in chained:
                 conn.execute(
                     f"INSERT INTO gov_audit ({_AUDIT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (seq, _iso(at), e.actor, e.agent, e.key_id, e.op, e.outcome, e.cube_id,
-                     canonical([list(p) for p in e.items]), canonical(e.detail), prev, digest),
-                )
+                    row)
                 conn.executemany(
                     "INSERT OR IGNORE INTO gov_audit_items (item_id, seq) VALUES (?, ?)",
-                    [(i, seq) for i, _ in e.items])
-                out.append(AuditEntry(seq, at, e.actor, e.agent, e.key_id, e.op, e.outcome,
-                                      e.cube_id, e.items, e.detail, prev, digest))
-                prev = digest
-        return out
+                    audit_item_rows(entry))
+        return [entry for _, entry in chained]
 
     def audit_entries(
         self,
@@ -303,23 +341,8 @@ class SQLiteGovernance(GovernanceStore):
         item_id: str | None = None,
         newest_first: bool = False,
     ) -> list[AuditEntry]:
-        clauses, params = ["a.seq > ?"], [after_seq]
-        if cube_id is not None:
-            clauses.append("a.cube_id = ?")
-            params.append(cube_id)
-        if actor is not None:
-            clauses.append("a.actor = ?")
-            params.append(actor)
-        if item_id is not None:
-            clauses.append("a.seq IN (SELECT seq FROM gov_audit_items WHERE item_id = ?)")
-            params.append(item_id)
-        order = "DESC" if newest_first else "ASC"
-        cols = ", ".join(f"a.{c.strip()}" for c in _AUDIT_COLS.split(","))
-        query = f"SELECT {cols} FROM gov_audit a WHERE {' AND '.join(clauses)} " \
-                f"ORDER BY a.seq {order}"
-        if limit is not None:
-            query += " LIMIT ?"
-            params.append(limit)
+        query, params = audit_query("?", after_seq=after_seq, limit=limit, cube_id=cube_id,
+                                    actor=actor, item_id=item_id, newest_first=newest_first)
         return [audit_from_row(r) for r in self._read(query, params)]
 
     # --- policies --------------------------------------------------------------------
