@@ -52,7 +52,7 @@ def test_user_b_cannot_reach_user_a_memories_from_the_cli(cli) -> None:
                  ("update", item["id"], "--text", "x"), ("delete", item["id"]),
                  ("purge", item["id"], "--yes"), ("rollback", item["id"], "1"),
                  ("feedback", item["id"], "wrong"), ("search", "spare key", "-c", "alice-cube"),
-                 ("stats", "-c", "alice-cube")):
+                 ("stats", "-c", "alice-cube"), ("graph", "entities", "-c", "alice-cube")):
         result = cli(*args, key=kb, code=3)
         assert "spare key" not in result.output
     hits = _json(cli("search", "spare key blue pot", "--json", key=kb))

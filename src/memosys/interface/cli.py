@@ -22,12 +22,12 @@ from memosys.errors import MemosysError, ValidationError
 from memosys.interface.cli_activation import register as register_activation
 from memosys.interface.cli_db import db_app
 from memosys.interface.cli_exchange import register as register_exchange
-from memosys.interface.cli_governance import acting, register
+from memosys.interface.cli_governance import register, runtime
 from memosys.interface.cli_graph import bench_graph, graph_app
 from memosys.interface.cli_mcp import mcp_command
 from memosys.interface.cli_parametric import register as register_parametric
 from memosys.interface.cli_serve import register as register_serve
-from memosys.system import MemOS, SearchFilters
+from memosys.system import SearchFilters
 from memosys.types import MemoryItem
 
 app = typer.Typer(
@@ -59,17 +59,6 @@ HomeOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 CubeOpt = Annotated[str, typer.Option("--cube", "-c", help="Cube name or id.")]
-
-
-@contextmanager
-def _runtime(home: Path | None) -> Iterator[MemOS]:
-    """Open the runtime and turn typed errors into a message and a stable exit code."""
-    try:
-        with MemOS.open(home) as mos:
-            yield acting(mos)
-    except MemosysError as exc:
-        err.print(f"[red]error[/red] ({exc.code}): {exc}")
-        raise typer.Exit(exc.exit_code) from None
 
 
 @contextmanager
@@ -117,7 +106,7 @@ def _parse_time(value: str | None, name: str) -> datetime | None:
 @cubes_app.command("list")
 def cubes_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """List cubes."""
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         cubes = mos.list_cubes()
         if as_json:
             _print_json([c.model_dump(mode="json") for c in cubes])
@@ -139,7 +128,7 @@ def cubes_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create a cube bound to the configured embedder."""
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         cube = mos.create_cube(name, owner=owner, description=description)
         if as_json:
             _print_json(cube.model_dump(mode="json"))
@@ -169,7 +158,7 @@ def add(
     as_json: JsonOpt = False,
 ) -> None:
     """Add a memory (or chat messages) to a cube, creating the cube if needed."""
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         messages = None
         if messages_file is not None:
             try:
@@ -222,7 +211,7 @@ def search(
     as_json: JsonOpt = False,
 ) -> None:
     """Hybrid (BM25 + vector) search."""
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         filters = SearchFilters(
             memory_types=memory_type or (), tags=tag or (), states=state or ("active",),
             user=user, session=session, since=_parse_time(since, "since"),
@@ -250,7 +239,7 @@ def search(
 @app.command()
 def get(item_id: str, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """Show one memory with its header and statistics."""
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         item = mos.get(item_id)
         if as_json:
             _print_json(_item_json(item))
@@ -261,7 +250,7 @@ def get(item_id: str, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
 @app.command()
 def history(item_id: str, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """Every version of a memory, oldest first."""
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         records = mos.history(item_id)
         if as_json:
             _print_json([{"version": r.item.version, "op": r.op, "clock": r.clock,
@@ -288,7 +277,7 @@ def update(
 ) -> None:
     """Write a new version of a memory."""
     changes: dict[str, Any] = {"text": text, "memory_type": memory_type, "tags": tag}
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         item = mos.update(item_id, expected_version=expected_version,
                           **{k: v for k, v in changes.items() if v is not None})
         _report(item, "updated", as_json)
@@ -297,14 +286,14 @@ def update(
 @app.command()
 def rollback(item_id: str, version: int, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """Make an old version current again (as a new version)."""
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         _report(mos.rollback(item_id, version), "rolled back", as_json)
 
 
 @app.command()
 def delete(item_id: str, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """Soft delete (restorable with rollback)."""
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         _report(mos.delete(item_id), "deleted", as_json)
 
 
@@ -318,7 +307,7 @@ def purge(
     """Erase memories for good: every version, index entry and vector."""
     if not yes and not typer.confirm(f"Erase {len(item_ids)} memories for good?"):
         raise typer.Exit(1)
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         n = mos.purge(item_ids)
         if as_json:
             _print_json({"purged": n})
@@ -338,7 +327,7 @@ def _report(item: MemoryItem, verb: str, as_json: bool) -> None:
 def snapshot(cube: CubeOpt = "default", label: str = "", home: HomeOpt = None,
              as_json: JsonOpt = False) -> None:
     """Record the cube's current version clock to roll back to later."""
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         snap = mos.snapshot(cube, label)
         if as_json:
             _print_json({"id": snap.id, "cube_id": snap.cube_id, "clock": snap.clock,
@@ -355,7 +344,7 @@ def rollback_cube(
     as_json: JsonOpt = False,
 ) -> None:
     """Return a whole cube to its state at a snapshot clock."""
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         items = mos.rollback_cube(cube, clock)
         if as_json:
             _print_json([_item_json(i) for i in items])
@@ -366,7 +355,7 @@ def rollback_cube(
 @app.command()
 def reembed(cube: str, home: HomeOpt = None) -> None:
     """Recompute a cube's embeddings with the configured embedder."""
-    with _runtime(home) as mos, progress_bar("re-embedding") as progress:
+    with runtime(home) as mos, progress_bar("re-embedding") as progress:
         n = mos.reembed(cube, progress)
     out.print(f"re-embedded {n} memories of {cube}")
 
@@ -375,7 +364,7 @@ def reembed(cube: str, home: HomeOpt = None) -> None:
 def stats(cube: Annotated[str | None, typer.Option("--cube", "-c")] = None,
           home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """Counts per cube, by state and type."""
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         data = mos.stats(cube)
         if as_json:
             _print_json(data)
@@ -446,7 +435,7 @@ def bench_reader(
     from memosys.bench.reader import run_reader_bench
     from memosys.interface.reader import MemReader
 
-    with _runtime(home) as mos, progress_bar("extracting") as progress:
+    with runtime(home) as mos, progress_bar("extracting") as progress:
         reader = MemReader(mos, extractor=extractor, llm=llm, llm_format=fmt)
         run_reader_bench(reader.extractor, out, data_path=data, json_file=json_file,
                          limit=limit, split=split, progress=progress)
@@ -462,7 +451,7 @@ def _job_json(job: Any) -> dict[str, Any]:
 @app.command()
 def job(job_id: str, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """Status of a background job (e.g. an extraction queued by `add --infer --no-wait`)."""
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         found = mos.job(job_id)
         if as_json:
             _print_json(_job_json(found))
@@ -488,7 +477,7 @@ def worker(
     when its lease runs out and resumes without duplicating memories)."""
     from memosys.interface.reader import MemReader
 
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         reader = MemReader(mos, extractor=extractor)
         done = 0
         try:

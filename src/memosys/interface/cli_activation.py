@@ -12,6 +12,7 @@ from rich.table import Table
 
 from memosys.config import Settings
 from memosys.errors import MemosysError, ValidationError
+from memosys.interface.cli_governance import runtime
 
 out = Console()
 err = Console(stderr=True)
@@ -49,10 +50,9 @@ def chat(
     home: HomeOpt = None,
 ) -> None:
     """Ask the bound model with memory; the answer streams, then the memories it used."""
-    from memosys.system import MemOS
 
     try:
-        with MemOS.open(home) as mos:
+        with runtime(home) as mos:
             run = mos.chat([{"role": "user", "content": message}], cube_ids=cube, user=user,
                            session=session, stream=True, max_tokens=max_tokens,
                            remember=remember)
@@ -80,11 +80,10 @@ def activation_work(
     """Run the scheduler's queued jobs (activation cache builds and extractions)."""
     import time
 
-    from memosys.system import MemOS
 
     done = 0
     try:
-        with MemOS.open(home) as mos:
+        with runtime(home) as mos:
             while True:
                 ran = mos.scheduler.run_pending()
                 done += ran
@@ -107,10 +106,9 @@ def activation_list(
 ) -> None:
     """The cube's activation caches: tokens, sources, size, whether the file is on disk."""
     from memosys.memories.activation import ACTIVATION_TAG
-    from memosys.system import MemOS
 
     try:
-        with MemOS.open(home) as mos:
+        with runtime(home) as mos:
             found = mos.get_cube(cube)
             items = mos.list(found.id, {"tags": [ACTIVATION_TAG]}, limit=1000)
             root = mos.settings.home / "activation" / found.id

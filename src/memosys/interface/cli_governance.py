@@ -48,7 +48,9 @@ def acting(mos: MemOS) -> MemOS:
 
 
 @contextmanager
-def _runtime(home: Path | None) -> Iterator[MemOS]:
+def runtime(home: Path | None) -> Iterator[MemOS]:
+    """The runtime of every CLI command: opened, acting as $MEMOSYS_API_KEY's user, typed
+    errors turned into a message and a stable exit code."""
     try:
         with MemOS.open(home) as mos:
             yield acting(mos)
@@ -81,7 +83,7 @@ def register(app: typer.Typer, bench_app: typer.Typer | None = None) -> None:
 def users_create(name: str, role: Annotated[str, typer.Option(
         help="admin | owner | member | reader")] = "member",
         home: HomeOpt = None, as_json: JsonOpt = False) -> None:
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         user = mos.create_user(name, role=role)
         if as_json:
             _print_json({"id": user.id, "role": user.role, "created_at": user.created_at})
@@ -91,7 +93,7 @@ def users_create(name: str, role: Annotated[str, typer.Option(
 
 @users_app.command("list")
 def users_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         users = mos.list_users()
         if as_json:
             _print_json([{"id": u.id, "role": u.role, "created_at": u.created_at}
@@ -107,7 +109,7 @@ def users_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
 
 @users_app.command("role")
 def users_role(name: str, role: str, home: HomeOpt = None) -> None:
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         user = mos.set_user_role(name, role)
         out.print(f"{user.id} is now {user.role}")
 
@@ -115,7 +117,7 @@ def users_role(name: str, role: str, home: HomeOpt = None) -> None:
 @users_app.command("delete")
 def users_delete(name: str, home: HomeOpt = None) -> None:
     """Remove a user; their keys stop working at once."""
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         mos.delete_user(name)
         out.print(f"deleted user {name}")
 
@@ -137,7 +139,7 @@ def keys_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create an API key; the secret is printed this once (only its hash is stored)."""
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         kwargs: dict[str, Any] = {"agent": agent}
         if scope:
             kwargs["scopes"] = scope
@@ -152,7 +154,7 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(user: Annotated[str | None, typer.Option()] = None, home: HomeOpt = None,
               as_json: JsonOpt = False) -> None:
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         keys = mos.list_api_keys(user)
         if as_json:
             _print_json([_key_json(k) for k in keys])
@@ -169,7 +171,7 @@ def keys_list(user: Annotated[str | None, typer.Option()] = None, home: HomeOpt 
 @keys_app.command("revoke")
 def keys_revoke(key_id: str, home: HomeOpt = None) -> None:
     """Revoke a key; it stops working immediately."""
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         mos.revoke_api_key(key_id)
         out.print(f"revoked {key_id}")
 
@@ -184,7 +186,7 @@ def share(
     as_json: JsonOpt = False,
 ) -> None:
     """Share a cube with a user (replaces what they had)."""
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         g = mos.share_cube(cube, user, perm or ["read"])
         if as_json:
             _print_json({"cube_id": g.cube_id, "user": g.user_id,
@@ -195,14 +197,14 @@ def share(
 
 def unshare(cube: str, user: str, home: HomeOpt = None) -> None:
     """Take a user's access to a cube away."""
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         removed = mos.unshare_cube(cube, user)
         out.print(f"{user} {'no longer has' if removed else 'had no'} access to {cube}")
 
 
 def acl(cube: str, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """Who may do what in a cube (besides its owner and admins)."""
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         grants = mos.cube_acl(cube)
         if as_json:
             _print_json([{"user": g.user_id, "permissions": sorted(g.permissions),
@@ -219,7 +221,7 @@ def acl(cube: str, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
 # --- policy --------------------------------------------------------------------------------
 @policy_app.command("show")
 def policy_show(cube: str, home: HomeOpt = None) -> None:
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         _print_json(mos.cube_policy(cube))
 
 
@@ -247,7 +249,7 @@ def policy_set(
     except ValueError as exc:
         err.print(f"[red]error[/red] (invalid_input): {exc}")
         raise typer.Exit(2) from None
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         _print_json(mos.set_cube_policy(cube, **changes))
 
 
@@ -262,7 +264,7 @@ def _pair(value: str) -> tuple[str, str]:
 @audit_app.command("verify")
 def audit_verify(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """Recompute the hash chain; exit 1 if any entry was changed, removed or reordered."""
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         result = mos.verify_audit()
     if as_json:
         _print_json({"ok": result.ok, "entries": result.entries, "head": result.head,
@@ -286,7 +288,7 @@ def audit_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Newest entries first."""
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         entries = mos.audit_log(cube=cube, actor=actor, item_id=item, limit=limit)
     if as_json:
         _print_json([e.as_dict() for e in entries])
@@ -313,7 +315,7 @@ def lifecycle_run(
     as_json: JsonOpt = False,
 ) -> None:
     """Apply TTL and decay, queue reviews, and report every transition with its reason."""
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         report = mos.lifecycle.run(cube, dry_run=dry_run)
     if as_json:
         _print_json(report.as_dict())
@@ -330,7 +332,7 @@ def lifecycle_run(
 
 def _state_command(name: str, doc: str) -> None:
     def command(item_id: str, home: HomeOpt = None) -> None:
-        with _runtime(home) as mos:
+        with runtime(home) as mos:
             item = getattr(mos.lifecycle, name)(item_id)
             out.print(f"{item.id}: now {item.state.value} (version {item.version})")
 
@@ -347,7 +349,7 @@ _state_command("restore", "Make a frozen, archived or deleted memory active agai
 def lifecycle_ttl(item_id: str, seconds: Annotated[float, typer.Argument(
         help="Seconds from now; 0 removes the memory's own TTL.")], home: HomeOpt = None
         ) -> None:
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         item = mos.lifecycle.set_ttl(item_id, seconds or None)
         out.print(f"{item.id} expires at {item.metadata.get('expires_at', 'never')}")
 
@@ -357,7 +359,7 @@ def lifecycle_ttl(item_id: str, seconds: Annotated[float, typer.Argument(
 def review_list(cube: Annotated[str | None, typer.Option("--cube", "-c")] = None,
                 state: Annotated[str, typer.Option(help="open | approved | rejected")] = "open",
                 home: HomeOpt = None, as_json: JsonOpt = False) -> None:
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         entries = mos.lifecycle.review_queue(cube, state=state)
         if as_json:
             _print_json([{"id": r.id, "cube_id": r.cube_id, "item_id": r.item_id,
@@ -374,14 +376,14 @@ def review_list(cube: Annotated[str | None, typer.Option("--cube", "-c")] = None
 
 @review_app.command("approve")
 def review_approve(review_id: str, home: HomeOpt = None) -> None:
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         done = mos.lifecycle.resolve(review_id, "approve")
         out.print(f"{done.id}: {done.state}")
 
 
 @review_app.command("reject")
 def review_reject(review_id: str, home: HomeOpt = None) -> None:
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         done = mos.lifecycle.resolve(review_id, "reject")
         out.print(f"{done.id}: {done.state}")
 
@@ -400,7 +402,7 @@ def feedback(
     value: float | str = kind
     with suppress(ValueError):
         value = float(kind)
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         item = mos.feedback(item_id, value, note, correction=correction)
         if as_json:
             _print_json({"item": item.model_dump(mode="json") if item else None})

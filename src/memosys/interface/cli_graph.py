@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +16,7 @@ from rich.table import Table
 
 from memosys.errors import MemosysError, ValidationError
 from memosys.infra.vault.graph_base import Entity, Relation
-from memosys.system import MemOS
+from memosys.interface.cli_governance import runtime
 
 graph_app = typer.Typer(help="Entities and relations of a cube (the semantic graph).",
                         no_args_is_help=True)
@@ -33,16 +32,6 @@ HomeOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 CubeOpt = Annotated[str, typer.Option("--cube", "-c", help="Cube name or id.")]
 NameArg = Annotated[str, typer.Argument(help="Entity name, alias, id or \"X's role\".")]
-
-
-@contextmanager
-def _runtime(home: Path | None) -> Iterator[MemOS]:
-    try:
-        with MemOS.open(home) as mos:
-            yield mos
-    except MemosysError as exc:
-        err.print(f"[red]error[/red] ({exc.code}): {exc}")
-        raise typer.Exit(exc.exit_code) from None
 
 
 def _print_json(value: Any) -> None:
@@ -95,7 +84,7 @@ def _relations_table(title: str, relations: list[Relation]) -> Table:
 @graph_app.command("build")
 def build(cube: CubeOpt, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """Re-derive the cube's graph from all its memories (idempotent)."""
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         stats = mos.graph.build(cube)
         if as_json:
             _print_json(asdict(stats))
@@ -115,7 +104,7 @@ def entities(
     as_json: JsonOpt = False,
 ) -> None:
     """Entities of a cube, most-mentioned first."""
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         found = mos.graph.entities(cube, prefix=prefix, type=type, limit=limit)
         if as_json:
             _print_json([_entity_json(e) for e in found])
@@ -139,7 +128,7 @@ def entity(
     as_json: JsonOpt = False,
 ) -> None:
     """One entity: its facts over time, its neighbours and the memories behind it."""
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         page = mos.graph.page(cube, name)
         facts = page.facts
         when = _date(as_of, "as-of")
@@ -177,7 +166,7 @@ def neighbours(
     as_json: JsonOpt = False,
 ) -> None:
     """Entities near one: by relations (recursive, up to --hops) and co-mentions."""
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         found = mos.graph.neighbours(cube, name, hops=hops, limit=limit)
         if as_json:
             _print_json([{**_entity_json(n.entity), "hops": n.hops, "via": n.via,
@@ -202,7 +191,7 @@ def changes(
     as_json: JsonOpt = False,
 ) -> None:
     """What changed about an entity: statements that began or ended in the window."""
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         found = _guard(lambda: mos.graph.changes(cube, name, since=_date(since, "since"),
                                                  until=_date(until, "until")))
         if as_json:
@@ -221,7 +210,7 @@ def path(
     as_json: JsonOpt = False,
 ) -> None:
     """A shortest chain of relations between two entities."""
-    with _runtime(home) as mos:
+    with runtime(home) as mos:
         steps = mos.graph.path(cube, source, target, max_hops=max_hops)
         if as_json:
             _print_json(None if steps is None else

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from rich.table import Table
 
 from memosys.errors import MemosysError
-from memosys.system import MemOS
+from memosys.interface.cli_governance import runtime
 
 adapters_app = typer.Typer(help="Parametric memory: LoRA adapters distilled from memories.",
                            no_args_is_help=True)
@@ -94,7 +94,7 @@ def distil(
     home: HomeOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Distil memories into a LoRA adapter (Ctrl-C stops; running it again resumes)."""
-    with _guard(), MemOS.open(home) as mos, training_bar("training") as bar:
+    with runtime(home) as mos, training_bar("training") as bar:
         record = mos.parametric.distil(
             cube, memory, name=name, method=method,  # type: ignore[arg-type]
             config=train_config(steps, lr, rank, batch_size), move=move, evaluate=evaluate,
@@ -117,7 +117,7 @@ def list_adapters(
     home: HomeOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Adapters with their status (ready, stale, retired, erased)."""
-    with _guard(), MemOS.open(home) as mos:
+    with runtime(home) as mos:
         rows = [r.summary() for r in mos.parametric.records(cube)]
     if as_json:
         _print_json(rows)
@@ -133,7 +133,7 @@ def list_adapters(
 @adapters_app.command("show")
 def show_adapter(adapter_id: str, home: HomeOpt = None) -> None:
     """The adapter's header and record as JSON."""
-    with _guard(), MemOS.open(home) as mos:
+    with runtime(home) as mos:
         record = mos.parametric.get(adapter_id)
         _print_json({**record.summary(), "record": record.item.model_dump(mode="json")})
 
@@ -146,7 +146,7 @@ def retire_adapter(
     home: HomeOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Parametric -> plaintext: the sources become active memories again."""
-    with _guard(), MemOS.open(home) as mos:
+    with runtime(home) as mos:
         result = mos.parametric.retire(adapter_id, probe=probe)
     if as_json:
         _print_json({"adapter": result.record.summary(), "probes": result.probes,
@@ -162,7 +162,7 @@ def rebuild_adapter(
     batch_size: BatchOpt = None, home: HomeOpt = None,
 ) -> None:
     """Distil a stale adapter's surviving sources again; the old one is retired."""
-    with _guard(), MemOS.open(home) as mos, training_bar("rebuilding") as bar:
+    with runtime(home) as mos, training_bar("rebuilding") as bar:
         fresh = mos.parametric.rebuild(
             adapter_id, config=train_config(steps, lr, rank, batch_size), progress=bar
         )
@@ -179,7 +179,7 @@ def ask(
     home: HomeOpt = None,
 ) -> None:
     """Ask the model closed-book (nothing in the prompt) with the cube's adapters."""
-    with _guard(), MemOS.open(home) as mos:
+    with runtime(home) as mos:
         result = mos.parametric.chat([{"role": "user", "content": question}], cube_ids=cube,
                                      user=user, scale=scale, max_new_tokens=max_tokens)
     out.print(result.text)
