@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from memosys.interface.cli import app
-from memosys.interface.cli_governance import API_KEY_ENV
+from memosys.interface.cli_common import API_KEY_ENV
 
 runner = CliRunner()
 

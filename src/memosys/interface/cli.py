@@ -14,15 +14,24 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from memosys.errors import MemosysError, ValidationError
+from memosys.errors import ValidationError
 from memosys.interface.cli_activation import register as register_activation
+from memosys.interface.cli_common import (
+    CubeOpt,
+    HomeOpt,
+    JsonOpt,
+    err,
+    guarded,
+    out,
+    print_json,
+    runtime,
+)
 from memosys.interface.cli_db import db_app
 from memosys.interface.cli_exchange import register as register_exchange
-from memosys.interface.cli_governance import register, runtime
+from memosys.interface.cli_governance import register
 from memosys.interface.cli_graph import bench_graph, graph_app
 from memosys.interface.cli_mcp import mcp_command
 from memosys.interface.cli_parametric import register as register_parametric
@@ -50,16 +59,6 @@ register_activation(app, bench_app)  # chat, activation, bench ttft
 app.add_typer(graph_app, name="graph")
 bench_app.command("graph")(bench_graph)
 
-out = Console()
-err = Console(stderr=True)
-
-HomeOpt = Annotated[
-    Path | None,
-    typer.Option("--home", help="Installation home (default $MEMOSYS_HOME or ~/.memosys)."),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-CubeOpt = Annotated[str, typer.Option("--cube", "-c", help="Cube name or id.")]
-
 
 @contextmanager
 def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
@@ -74,10 +73,6 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
             bar.update(task, completed=done, total=total)
 
         yield update
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, default=str, ensure_ascii=False) + "\n")
 
 
 def _item_json(item: MemoryItem) -> dict[str, Any]:
@@ -109,7 +104,7 @@ def cubes_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     with runtime(home) as mos:
         cubes = mos.list_cubes()
         if as_json:
-            _print_json([c.model_dump(mode="json") for c in cubes])
+            print_json([c.model_dump(mode="json") for c in cubes])
             return
         table = Table(title="cubes")
         for col in ("name", "id", "owner", "embedder", "clock"):
@@ -131,7 +126,7 @@ def cubes_create(
     with runtime(home) as mos:
         cube = mos.create_cube(name, owner=owner, description=description)
         if as_json:
-            _print_json(cube.model_dump(mode="json"))
+            print_json(cube.model_dump(mode="json"))
         else:
             out.print(f"created cube [bold]{cube.name}[/bold] ({cube.id})")
 
@@ -180,7 +175,7 @@ def add(
             if infer:
                 data = {"items": data, "extraction": result.summary() if result else None,
                         "job": _job_json(job) if job else None}
-            _print_json(data)
+            print_json(data)
             return
         for i in items:
             out.print(f"added {i.id} ({i.memory_type.value})")
@@ -219,7 +214,7 @@ def search(
         )
         hits = mos.search(query, cube or None, top_k, filters)
         if as_json:
-            _print_json([
+            print_json([
                 {"score": h.score, "ranks": h.ranks, "scores": h.scores,
                  "provenance": h.provenance, "item": _item_json(h.item)}
                 for h in hits
@@ -242,7 +237,7 @@ def get(item_id: str, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     with runtime(home) as mos:
         item = mos.get(item_id)
         if as_json:
-            _print_json(_item_json(item))
+            print_json(_item_json(item))
         else:
             out.print_json(item.model_dump_json())
 
@@ -253,7 +248,7 @@ def history(item_id: str, home: HomeOpt = None, as_json: JsonOpt = False) -> Non
     with runtime(home) as mos:
         records = mos.history(item_id)
         if as_json:
-            _print_json([{"version": r.item.version, "op": r.op, "clock": r.clock,
+            print_json([{"version": r.item.version, "op": r.op, "clock": r.clock,
                           "at": r.at.isoformat(), "item": _item_json(r.item)} for r in records])
             return
         table = Table(title=f"history of {item_id}")
@@ -310,14 +305,14 @@ def purge(
     with runtime(home) as mos:
         n = mos.purge(item_ids)
         if as_json:
-            _print_json({"purged": n})
+            print_json({"purged": n})
         else:
             out.print(f"purged {n}")
 
 
 def _report(item: MemoryItem, verb: str, as_json: bool) -> None:
     if as_json:
-        _print_json(_item_json(item))
+        print_json(_item_json(item))
     else:
         out.print(f"{verb} {item.id}: now version {item.version} ({item.state.value})")
 
@@ -330,7 +325,7 @@ def snapshot(cube: CubeOpt = "default", label: str = "", home: HomeOpt = None,
     with runtime(home) as mos:
         snap = mos.snapshot(cube, label)
         if as_json:
-            _print_json({"id": snap.id, "cube_id": snap.cube_id, "clock": snap.clock,
+            print_json({"id": snap.id, "cube_id": snap.cube_id, "clock": snap.clock,
                          "label": snap.label, "at": snap.at.isoformat()})
         else:
             out.print(f"snapshot {snap.id} of {cube} at clock {snap.clock}")
@@ -347,7 +342,7 @@ def rollback_cube(
     with runtime(home) as mos:
         items = mos.rollback_cube(cube, clock)
         if as_json:
-            _print_json([_item_json(i) for i in items])
+            print_json([_item_json(i) for i in items])
         else:
             out.print(f"rolled back {len(items)} memories of {cube} to clock {clock}")
 
@@ -367,7 +362,7 @@ def stats(cube: Annotated[str | None, typer.Option("--cube", "-c")] = None,
     with runtime(home) as mos:
         data = mos.stats(cube)
         if as_json:
-            _print_json(data)
+            print_json(data)
             return
         table = Table(title="memosys stats")
         for col in ("cube", "items", "active", "deleted", "clock", "embedder", "types"):
@@ -412,12 +407,9 @@ def bench_locomo(
 
     if graph not in ("on", "off"):
         raise typer.BadParameter("--graph must be on or off")
-    try:
+    with guarded():
         run_locomo_bench(data or DEFAULT_LOCOMO, json_file, conversations, ablation, out,
                          questions=questions, facts=facts, graph=graph == "on")
-    except MemosysError as exc:
-        err.print(f"[red]error[/red] ({exc.code}): {exc}")
-        raise typer.Exit(exc.exit_code) from None
 
 
 @bench_app.command("reader")
@@ -454,7 +446,7 @@ def job(job_id: str, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     with runtime(home) as mos:
         found = mos.job(job_id)
         if as_json:
-            _print_json(_job_json(found))
+            print_json(_job_json(found))
             return
         out.print(f"job {found.id} ({found.kind}): [bold]{found.state}[/bold], "
                   f"attempts {found.attempts}, updated {found.updated_at.isoformat()}")
@@ -498,12 +490,13 @@ def demo(home: HomeOpt = None) -> None:
     """A guided run on the embedded defaults: add, search, update, roll back."""
     from memosys.demo import run_demo
 
-    try:
+    with guarded():
         run_demo(home, out)
-    except MemosysError as exc:
-        err.print(f"[red]error[/red] ({exc.code}): {exc}")
-        raise typer.Exit(exc.exit_code) from None
 
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":  # `python -m memosys.interface.cli` as `python -m memosys`
+    main()

@@ -7,22 +7,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from memosys.config import Settings
-from memosys.errors import MemosysError, ValidationError
-from memosys.interface.cli_governance import runtime
-
-out = Console()
-err = Console(stderr=True)
+from memosys.errors import ValidationError
+from memosys.interface.cli_common import HomeOpt, guarded, out, runtime
 
 activation_app = typer.Typer(help="Activation (KV-cache) memories.", no_args_is_help=True)
-
-HomeOpt = Annotated[
-    Path | None,
-    typer.Option("--home", help="Installation home (default $MEMOSYS_HOME or ~/.memosys)."),
-]
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
@@ -31,11 +22,6 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     app.add_typer(activation_app, name="activation")
     bench_app.command("ttft")(bench_ttft)
     bench_app.command("composition")(bench_composition)
-
-
-def _fail(exc: MemosysError) -> typer.Exit:
-    err.print(f"[red]error[/red] ({exc.code}): {exc}")
-    return typer.Exit(exc.exit_code)
 
 
 def chat(
@@ -51,18 +37,15 @@ def chat(
 ) -> None:
     """Ask the bound model with memory; the answer streams, then the memories it used."""
 
-    try:
-        with runtime(home) as mos:
-            run = mos.chat([{"role": "user", "content": message}], cube_ids=cube, user=user,
-                           session=session, stream=True, max_tokens=max_tokens,
-                           remember=remember)
-            for chunk in run:  # type: ignore[union-attr]
-                if not as_json:
-                    out.print(chunk, end="", markup=False, highlight=False)
-            result = run.result  # type: ignore[union-attr]
-            mos.scheduler.run_pending(kinds=("extract",))  # finish extraction before exit
-    except MemosysError as exc:
-        raise _fail(exc) from None
+    with runtime(home) as mos:
+        run = mos.chat([{"role": "user", "content": message}], cube_ids=cube, user=user,
+                       session=session, stream=True, max_tokens=max_tokens,
+                       remember=remember)
+        for chunk in run:  # type: ignore[union-attr]
+            if not as_json:
+                out.print(chunk, end="", markup=False, highlight=False)
+        result = run.result  # type: ignore[union-attr]
+        mos.scheduler.run_pending(kinds=("extract",))  # finish extraction before exit
     if as_json:
         out.print_json(json.dumps(result.as_dict()))
         return
@@ -93,8 +76,6 @@ def activation_work(
                     time.sleep(1.0)
     except KeyboardInterrupt:
         pass
-    except MemosysError as exc:
-        raise _fail(exc) from None
     out.print(f"processed {done} jobs")
 
 
@@ -107,23 +88,20 @@ def activation_list(
     """The cube's activation caches: tokens, sources, size, whether the file is on disk."""
     from memosys.memories.activation import ACTIVATION_TAG
 
-    try:
-        with runtime(home) as mos:
-            found = mos.get_cube(cube)
-            items = mos.list(found.id, {"tags": [ACTIVATION_TAG]}, limit=1000)
-            root = mos.settings.home / "activation" / found.id
-            rows = []
-            for item in items:
-                header = item.metadata.get("activation", {})
-                rows.append({
-                    "id": item.id, "key": header.get("key"),
-                    "tokens": header.get("token_count"), "sources": item.derived_from,
-                    "bytes": header.get("bytes"), "built_at": header.get("built_at"),
-                    "on_disk": (root / f"{item.id}.safetensors").is_file(),
-                    "heat": item.stats.heat,
-                })
-    except MemosysError as exc:
-        raise _fail(exc) from None
+    with runtime(home) as mos:
+        found = mos.get_cube(cube)
+        items = mos.list(found.id, {"tags": [ACTIVATION_TAG]}, limit=1000)
+        root = mos.settings.home / "activation" / found.id
+        rows = []
+        for item in items:
+            header = item.metadata.get("activation", {})
+            rows.append({
+                "id": item.id, "key": header.get("key"),
+                "tokens": header.get("token_count"), "sources": item.derived_from,
+                "bytes": header.get("bytes"), "built_at": header.get("built_at"),
+                "on_disk": (root / f"{item.id}.safetensors").is_file(),
+                "heat": item.stats.heat,
+            })
     if as_json:
         out.print_json(json.dumps(rows))
         return
@@ -151,18 +129,16 @@ def bench_ttft(
     """TTFT with memories in the prompt vs in a KV cache, build time, size, identical output."""
     from memosys.bench.ttft import run_ttft_bench
 
-    try:
-        parsed = tuple(int(s) for s in sizes.split(",") if s.strip())
-    except ValueError:
-        raise _fail(ValidationError(f"--sizes must be integers, got {sizes!r}")) from None
-    if not parsed or min(parsed) < 16 or repeats < 1 or max_new_tokens < 1:
-        raise _fail(ValidationError("--sizes >= 16, --repeats >= 1, --max-new-tokens >= 1"))
-    try:
+    with guarded():
+        try:
+            parsed = tuple(int(s) for s in sizes.split(",") if s.strip())
+        except ValueError:
+            raise ValidationError(f"--sizes must be integers, got {sizes!r}") from None
+        if not parsed or min(parsed) < 16 or repeats < 1 or max_new_tokens < 1:
+            raise ValidationError("--sizes >= 16, --repeats >= 1, --max-new-tokens >= 1")
         run_ttft_bench(parsed, repeats=repeats, max_new_tokens=max_new_tokens,
                        json_file=json_file, out=out, settings=Settings.load(home),
                        threads=threads or None)
-    except MemosysError as exc:
-        raise _fail(exc) from None
 
 
 def bench_composition(
@@ -177,10 +153,8 @@ def bench_composition(
     from memosys.models.local_llm import LocalLLM
 
     settings = Settings.load(home)
-    try:
+    with guarded():
         llm = make_llm("local", cache_dir=settings.llm_cache_dir, home=settings.home)
         assert isinstance(llm, LocalLLM)
         run_composition_bench(max_new_tokens=max_new_tokens, json_file=json_file, out=out,
                               llm=llm, threads=threads or None)
-    except MemosysError as exc:
-        raise _fail(exc) from None

@@ -4,42 +4,24 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from memosys.config import Settings
-from memosys.errors import MemosysError, StorageError
+from memosys.errors import StorageError
+from memosys.interface.cli_common import HomeOpt, JsonOpt, err, guarded, out
 
 db_app = typer.Typer(help="Database schema and copies between backends.", no_args_is_help=True)
 
-out = Console()
-err = Console(stderr=True)
-
-T = TypeVar("T")
 
 UrlOpt = Annotated[
     str | None,
     typer.Option("--url", help="Database URL (default: the configured database_url / "
                  "$MEMOSYS_DATABASE_URL, else the home's SQLite file)."),
 ]
-HomeOpt = Annotated[
-    Path | None,
-    typer.Option("--home", help="Installation home (default $MEMOSYS_HOME or ~/.memosys)."),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-def _guarded(work: Callable[[], T]) -> T:
-    try:
-        return work()
-    except MemosysError as exc:
-        err.print(f"[red]error[/red] ({exc.code}): {exc}")
-        raise typer.Exit(exc.exit_code) from None
 
 
 def _url(url: str | None, home: Path | None) -> str:
@@ -77,7 +59,8 @@ def upgrade(url: UrlOpt = None, home: HomeOpt = None, as_json: JsonOpt = False) 
         return {"backend": "postgres", "version": version,
                 "applied": [{"version": m.version, "name": m.name} for m in applied]}
 
-    result = _guarded(work)
+    with guarded():
+        result = work()
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return
@@ -110,7 +93,8 @@ def status(url: UrlOpt = None, home: HomeOpt = None, as_json: JsonOpt = False) -
                    if m.version > version]
         return {"backend": "postgres", "version": version, "pending": pending}
 
-    result = _guarded(work)
+    with guarded():
+        result = work()
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return
@@ -136,8 +120,9 @@ def copy(
     def progress(table: str, done: int) -> None:
         err.print(f"  {table}: {done:,} rows", end="\r")
 
-    checks = _guarded(lambda: copy_database(from_url, to_url, force=force,
-                                            progress=None if as_json else progress))
+    with guarded():
+        checks = copy_database(from_url, to_url, force=force,
+                               progress=None if as_json else progress)
     ok = all(c.ok for c in checks)
     if as_json:
         sys.stdout.write(json.dumps({"ok": ok, "tables": [

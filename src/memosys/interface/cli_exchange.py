@@ -17,41 +17,18 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
 from memosys.config import Settings
-from memosys.errors import MemosysError, ValidationError
-from memosys.system import MemOS
+from memosys.errors import ValidationError
+from memosys.interface.cli_common import HomeOpt, err, guarded, out, runtime
 
-out = Console()
-err = Console(stderr=True)
-
-HomeOpt = Annotated[
-    Path | None,
-    typer.Option("--home", help="Installation home (default $MEMOSYS_HOME or ~/.memosys)."),
-]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 TrustOpt = Annotated[
     list[str] | None,
     typer.Option("--trust", help="Public key (file or 'ed25519:...') the archive must be "
                  "signed by; repeatable."),
 ]
-
-
-@contextmanager
-def _guarded(home: Path | None = None, *, runtime: bool = True) -> Iterator[MemOS | None]:
-    try:
-        if runtime:
-            from memosys.interface.cli_governance import acting
-
-            with MemOS.open(home) as mos:
-                yield acting(mos)  # $MEMOSYS_API_KEY: act as that key's user
-        else:
-            yield None
-    except MemosysError as exc:
-        err.print(f"[red]error[/red] ({exc.code}): {exc}")
-        raise typer.Exit(exc.exit_code) from None
 
 
 @contextmanager
@@ -99,7 +76,7 @@ def export_cmd(
     from memosys.infra.exchange import export_cube, load_private_key
     from memosys.infra.exchange_interop import export_plain_jsonl
 
-    with _guarded(home) as mos:
+    with runtime(home) as mos:
         assert mos is not None
         if fmt == "jsonl":
             n = export_plain_jsonl(mos, cube, file, redact=redact)
@@ -143,7 +120,7 @@ def import_cmd(
     from memosys.infra.exchange import ArchiveLimits, import_archive
     from memosys.infra.exchange_interop import SOURCES, import_file
 
-    with _guarded(home) as mos:
+    with runtime(home) as mos:
         assert mos is not None
         if source not in SOURCES:
             raise ValidationError(f"--from must be one of {', '.join(SOURCES)}")
@@ -179,7 +156,7 @@ def verify_cmd(
     importing it."""
     from memosys.infra.exchange import read_archive
 
-    with _guarded(runtime=False):
+    with guarded():
         parsed = read_archive(file, trusted_keys=_trusted(trust))
         m = parsed.manifest
         summary = {"cube": parsed.header.name, "cube_id": parsed.header.id,
@@ -204,7 +181,7 @@ def keygen_cmd(
     """Create an ed25519 key pair for signing cube archives."""
     from memosys.infra.exchange import generate_keypair
 
-    with _guarded(runtime=False):
+    with guarded():
         target = path or Settings.load(home).home / "keys" / "mip-ed25519"
         pair = generate_keypair(target, overwrite=force)
         _emit(as_json, {k: str(v) for k, v in asdict(pair).items()}, [
@@ -249,7 +226,7 @@ def store_publish(
     """Publish a cube of this installation (served by `memosys serve`)."""
     from memosys.infra.store import MemStore
 
-    with _guarded(home) as mos:
+    with runtime(home) as mos:
         assert mos is not None
         pub = MemStore(mos).publish(cube, until=until, description=description).as_dict()
         _emit(as_json, pub, [f"published {pub['name']} (clock {pub['clock']})"])
@@ -260,7 +237,7 @@ def store_unpublish(name: str, home: HomeOpt = None, as_json: JsonOpt = False) -
     """Stop publishing: further pulls are refused."""
     from memosys.infra.store import MemStore
 
-    with _guarded(home) as mos:
+    with runtime(home) as mos:
         assert mos is not None
         pub = MemStore(mos).unpublish(name).as_dict()
         _emit(as_json, pub, [f"unpublished {pub['name']}"])
@@ -279,11 +256,11 @@ def store_list(
     from memosys.infra.store import MemStore, StoreClient, subscriptions
 
     if url is not None:
-        with _guarded(runtime=False), StoreClient(url, api_key) as client:
+        with guarded(), StoreClient(url, api_key) as client:
             pubs = client.publications()
             _emit(as_json, {"publications": pubs}, _publication_lines(pubs))
         return
-    with _guarded(home) as mos:
+    with runtime(home) as mos:
         assert mos is not None
         pubs = [p.as_dict() for p in MemStore(mos).publications()]
         subs = [asdict(s) for s in subscriptions(mos)]
@@ -308,7 +285,7 @@ def store_subscribe(
     """Subscribe to a publication and pull it whole into a new local cube."""
     from memosys.infra.store import subscribe
 
-    with _guarded(home) as mos:
+    with runtime(home) as mos:
         assert mos is not None
         report = subscribe(mos, url, name, api_key, as_name=as_name, save_key=save_key)
         _emit(as_json, asdict(report), [
@@ -327,7 +304,7 @@ def store_pull(
     """Fetch the versions published since the last pull."""
     from memosys.infra.store import pull
 
-    with _guarded(home) as mos:
+    with runtime(home) as mos:
         assert mos is not None
         report = pull(mos, cube, api_key=api_key)
         _emit(as_json, asdict(report), [
@@ -345,7 +322,7 @@ def bench_exchange(
     """Export, verify and import speed of a cube archive (docs/cube-format.md)."""
     from memosys.bench.exchange import main
 
-    with _guarded(runtime=False):
+    with guarded():
         main(n, embedder, json_path, out)
 
 

@@ -8,30 +8,15 @@ Exit codes add 9 (unauthenticated) and 10 (permission denied) to cli.py's list.
 from __future__ import annotations
 
 import json
-import os
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from memosys.errors import MemosysError, ValidationError
-from memosys.system import MemOS
-
-API_KEY_ENV = "MEMOSYS_API_KEY"
-
-out = Console()
-err = Console(stderr=True)
-
-HomeOpt = Annotated[
-    Path | None,
-    typer.Option("--home", help="Installation home (default $MEMOSYS_HOME or ~/.memosys)."),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+from memosys.errors import ValidationError
+from memosys.interface.cli_common import HomeOpt, JsonOpt, err, guarded, out, print_json, runtime
 
 users_app = typer.Typer(help="Users and their roles (admin only).", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_args_is_help=True)
@@ -39,28 +24,6 @@ audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True
 policy_app = typer.Typer(help="Per-cube policy: PII handling, TTL, decay.", no_args_is_help=True)
 lifecycle_app = typer.Typer(help="States, TTL and decay.", no_args_is_help=True)
 review_app = typer.Typer(help="The review queue.", no_args_is_help=True)
-
-
-def acting(mos: MemOS) -> MemOS:
-    """The runtime as the caller: the key in $MEMOSYS_API_KEY, else the local admin."""
-    key = os.environ.get(API_KEY_ENV)
-    return mos.as_actor(mos.authenticate(key)) if key else mos
-
-
-@contextmanager
-def runtime(home: Path | None) -> Iterator[MemOS]:
-    """The runtime of every CLI command: opened, acting as $MEMOSYS_API_KEY's user, typed
-    errors turned into a message and a stable exit code."""
-    try:
-        with MemOS.open(home) as mos:
-            yield acting(mos)
-    except MemosysError as exc:
-        err.print(f"[red]error[/red] ({exc.code}): {exc}")
-        raise typer.Exit(exc.exit_code) from None
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, default=str, ensure_ascii=False) + "\n")
 
 
 def register(app: typer.Typer, bench_app: typer.Typer | None = None) -> None:
@@ -86,7 +49,7 @@ def users_create(name: str, role: Annotated[str, typer.Option(
     with runtime(home) as mos:
         user = mos.create_user(name, role=role)
         if as_json:
-            _print_json({"id": user.id, "role": user.role, "created_at": user.created_at})
+            print_json({"id": user.id, "role": user.role, "created_at": user.created_at})
         else:
             out.print(f"created user [bold]{user.id}[/bold] ({user.role})")
 
@@ -96,7 +59,7 @@ def users_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     with runtime(home) as mos:
         users = mos.list_users()
         if as_json:
-            _print_json([{"id": u.id, "role": u.role, "created_at": u.created_at}
+            print_json([{"id": u.id, "role": u.role, "created_at": u.created_at}
                          for u in users])
             return
         table = Table(title="users")
@@ -145,7 +108,7 @@ def keys_create(
             kwargs["scopes"] = scope
         key_id, secret = mos.create_api_key(user, **kwargs)
         if as_json:
-            _print_json({"id": key_id, "secret": secret})
+            print_json({"id": key_id, "secret": secret})
         else:
             out.print(f"key {key_id} for {user}: [bold]{secret}[/bold]\n"
                       "store it now; it is not shown again")
@@ -157,7 +120,7 @@ def keys_list(user: Annotated[str | None, typer.Option()] = None, home: HomeOpt 
     with runtime(home) as mos:
         keys = mos.list_api_keys(user)
         if as_json:
-            _print_json([_key_json(k) for k in keys])
+            print_json([_key_json(k) for k in keys])
             return
         table = Table(title="API keys")
         for col in ("id", "user", "scopes", "agent", "state"):
@@ -189,7 +152,7 @@ def share(
     with runtime(home) as mos:
         g = mos.share_cube(cube, user, perm or ["read"])
         if as_json:
-            _print_json({"cube_id": g.cube_id, "user": g.user_id,
+            print_json({"cube_id": g.cube_id, "user": g.user_id,
                          "permissions": sorted(g.permissions)})
         else:
             out.print(f"{user} may now {', '.join(sorted(g.permissions))} in {cube}")
@@ -207,7 +170,7 @@ def acl(cube: str, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     with runtime(home) as mos:
         grants = mos.cube_acl(cube)
         if as_json:
-            _print_json([{"user": g.user_id, "permissions": sorted(g.permissions),
+            print_json([{"user": g.user_id, "permissions": sorted(g.permissions),
                           "granted_by": g.granted_by, "at": g.at} for g in grants])
             return
         table = Table(title=f"ACL of {cube}")
@@ -222,7 +185,7 @@ def acl(cube: str, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
 @policy_app.command("show")
 def policy_show(cube: str, home: HomeOpt = None) -> None:
     with runtime(home) as mos:
-        _print_json(mos.cube_policy(cube))
+        print_json(mos.cube_policy(cube))
 
 
 @policy_app.command("set")
@@ -250,7 +213,7 @@ def policy_set(
         err.print(f"[red]error[/red] (invalid_input): {exc}")
         raise typer.Exit(2) from None
     with runtime(home) as mos:
-        _print_json(mos.set_cube_policy(cube, **changes))
+        print_json(mos.set_cube_policy(cube, **changes))
 
 
 def _pair(value: str) -> tuple[str, str]:
@@ -267,7 +230,7 @@ def audit_verify(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     with runtime(home) as mos:
         result = mos.verify_audit()
     if as_json:
-        _print_json({"ok": result.ok, "entries": result.entries, "head": result.head,
+        print_json({"ok": result.ok, "entries": result.entries, "head": result.head,
                      "first_bad_seq": result.first_bad_seq, "reason": result.reason})
     elif result.ok:
         out.print(f"audit log intact: {result.entries} entries, head {result.head}")
@@ -291,7 +254,7 @@ def audit_list(
     with runtime(home) as mos:
         entries = mos.audit_log(cube=cube, actor=actor, item_id=item, limit=limit)
     if as_json:
-        _print_json([e.as_dict() for e in entries])
+        print_json([e.as_dict() for e in entries])
         return
     table = Table(title="audit log")
     for col in ("seq", "at", "actor", "op", "outcome", "items", "detail"):
@@ -318,7 +281,7 @@ def lifecycle_run(
     with runtime(home) as mos:
         report = mos.lifecycle.run(cube, dry_run=dry_run)
     if as_json:
-        _print_json(report.as_dict())
+        print_json(report.as_dict())
         return
     table = Table(title="lifecycle" + (" (dry run)" if dry_run else ""))
     for col in ("id", "from", "to", "reason"):
@@ -362,7 +325,7 @@ def review_list(cube: Annotated[str | None, typer.Option("--cube", "-c")] = None
     with runtime(home) as mos:
         entries = mos.lifecycle.review_queue(cube, state=state)
         if as_json:
-            _print_json([{"id": r.id, "cube_id": r.cube_id, "item_id": r.item_id,
+            print_json([{"id": r.id, "cube_id": r.cube_id, "item_id": r.item_id,
                           "kind": r.kind, "reason": r.reason, "related": list(r.related_ids),
                           "state": r.state, "created_at": r.created_at} for r in entries])
             return
@@ -405,7 +368,7 @@ def feedback(
     with runtime(home) as mos:
         item = mos.feedback(item_id, value, note, correction=correction)
         if as_json:
-            _print_json({"item": item.model_dump(mode="json") if item else None})
+            print_json({"item": item.model_dump(mode="json") if item else None})
         elif item is not None:
             out.print(f"{item.id}: now version {item.version} ({item.state.value})")
         else:
@@ -422,8 +385,5 @@ def bench_governance(
     """Cost of permission checks and the audit log per search, and of authenticate."""
     from memosys.bench.governance import run_governance_bench
 
-    try:
+    with guarded():
         run_governance_bench(n, queries, json_file, out)
-    except MemosysError as exc:
-        err.print(f"[red]error[/red] ({exc.code}): {exc}")
-        raise typer.Exit(exc.exit_code) from None

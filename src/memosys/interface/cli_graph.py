@@ -2,40 +2,31 @@
 
 from __future__ import annotations
 
-import json
-import sys
-from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from memosys.errors import MemosysError, ValidationError
+from memosys.errors import ValidationError
 from memosys.infra.vault.graph_base import Entity, Relation
-from memosys.interface.cli_governance import runtime
+from memosys.interface.cli_common import (
+    CubeOpt,
+    HomeOpt,
+    JsonOpt,
+    guarded,
+    out,
+    print_json,
+    runtime,
+)
 
 graph_app = typer.Typer(help="Entities and relations of a cube (the semantic graph).",
                         no_args_is_help=True)
 
-out = Console()
-err = Console(stderr=True)
-T = TypeVar("T")
 
-HomeOpt = Annotated[
-    Path | None,
-    typer.Option("--home", help="Installation home (default $MEMOSYS_HOME or ~/.memosys)."),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-CubeOpt = Annotated[str, typer.Option("--cube", "-c", help="Cube name or id.")]
 NameArg = Annotated[str, typer.Argument(help="Entity name, alias, id or \"X's role\".")]
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, default=str, ensure_ascii=False) + "\n")
 
 
 def _date(value: str | None, name: str) -> datetime | None:
@@ -45,14 +36,6 @@ def _date(value: str | None, name: str) -> datetime | None:
         return datetime.fromisoformat(value)
     except ValueError:
         raise ValidationError(f"--{name}: not an ISO date/time: {value!r}") from None
-
-
-def _guard(work: Callable[[], T]) -> T:
-    try:
-        return work()
-    except MemosysError as exc:
-        err.print(f"[red]error[/red] ({exc.code}): {exc}")
-        raise typer.Exit(exc.exit_code) from None
 
 
 def _entity_json(e: Entity) -> dict[str, Any]:
@@ -87,7 +70,7 @@ def build(cube: CubeOpt, home: HomeOpt = None, as_json: JsonOpt = False) -> None
     with runtime(home) as mos:
         stats = mos.graph.build(cube)
         if as_json:
-            _print_json(asdict(stats))
+            print_json(asdict(stats))
             return
         out.print(f"graph of {cube}: {stats.entities} entities, {stats.mentions} mentions, "
                   f"{stats.relations} relations, {stats.follows} follows, "
@@ -107,7 +90,7 @@ def entities(
     with runtime(home) as mos:
         found = mos.graph.entities(cube, prefix=prefix, type=type, limit=limit)
         if as_json:
-            _print_json([_entity_json(e) for e in found])
+            print_json([_entity_json(e) for e in found])
             return
         table = Table(title=f"entities of {cube}")
         for col in ("name", "type", "mentions", "aliases", "id"):
@@ -135,7 +118,7 @@ def entity(
         if when is not None:
             facts = mos.graph.facts(cube, page.entity.id, as_of=when)
         if as_json:
-            _print_json({"entity": _entity_json(page.entity),
+            print_json({"entity": _entity_json(page.entity),
                          "facts": [_relation_json(r) for r in facts],
                          "neighbours": [{"entity": n.entity.name, "hops": n.hops, "via": n.via,
                                          "weight": round(n.weight, 4)} for n in page.neighbours],
@@ -169,7 +152,7 @@ def neighbours(
     with runtime(home) as mos:
         found = mos.graph.neighbours(cube, name, hops=hops, limit=limit)
         if as_json:
-            _print_json([{**_entity_json(n.entity), "hops": n.hops, "via": n.via,
+            print_json([{**_entity_json(n.entity), "hops": n.hops, "via": n.via,
                           "weight": n.weight} for n in found])
             return
         table = Table(title=f"neighbours of {name}")
@@ -192,10 +175,10 @@ def changes(
 ) -> None:
     """What changed about an entity: statements that began or ended in the window."""
     with runtime(home) as mos:
-        found = _guard(lambda: mos.graph.changes(cube, name, since=_date(since, "since"),
-                                                 until=_date(until, "until")))
+        found = mos.graph.changes(cube, name, since=_date(since, "since"),
+                                  until=_date(until, "until"))
         if as_json:
-            _print_json([_relation_json(r) for r in found])
+            print_json([_relation_json(r) for r in found])
             return
         out.print(_relations_table(f"changes of {name}", found))
 
@@ -213,7 +196,7 @@ def path(
     with runtime(home) as mos:
         steps = mos.graph.path(cube, source, target, max_hops=max_hops)
         if as_json:
-            _print_json(None if steps is None else
+            print_json(None if steps is None else
                         [{"entity": e.name, "via": p} for e, p in steps])
             return
         if steps is None:
@@ -234,4 +217,5 @@ def bench_graph(
         counts = [int(s) for s in sizes.split(",") if s.strip()]
     except ValueError:
         raise typer.BadParameter("--sizes must be comma-separated integers") from None
-    _guard(lambda: run_graph_bench(counts, queries, json_file, out))
+    with guarded():
+        run_graph_bench(counts, queries, json_file, out)

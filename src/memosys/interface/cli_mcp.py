@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from memosys.errors import MemosysError, ValidationError
+from memosys.errors import ValidationError
+from memosys.interface.cli_common import HomeOpt, acting, err, guarded
 from memosys.system import MemOS
-
-err = Console(stderr=True)
-
-HomeOpt = Annotated[
-    Path | None,
-    typer.Option("--home", help="Installation home (default $MEMOSYS_HOME or ~/.memosys)."),
-]
 
 
 def mcp_command(
@@ -36,29 +28,24 @@ def mcp_command(
     only loopback clients are served (as `memosys serve` does)."""
     if transport not in ("stdio", "http"):
         raise typer.BadParameter("--transport must be stdio or http")
-    from memosys.interface.cli_governance import acting
     from memosys.interface.mcp import build_mcp_server
     from memosys.interface.mcp_http import http_app, serve_http
     from memosys.interface.rest_auth import KeyPresence, is_loopback
 
-    try:
-        with MemOS.open(home) as mos:
-            if transport == "stdio":
-                build_mcp_server(acting(mos)).run("stdio")
-                return
-            if not path.startswith("/"):
-                raise ValidationError("--path must start with '/'")
-            keys = KeyPresence(mos)()
-            if not keys and not is_loopback(host):
-                raise ValidationError(
-                    f"refusing to serve {host} without API keys: create a key first, or "
-                    "bind 127.0.0.1 for local use")
-            # As `memosys serve`: on loopback open until the first key exists, else keys.
-            app = http_app(mos, open_access=None if is_loopback(host) else False, path=path,
-                           host=host)
-            mode = "API keys" if keys else "open (loopback only, no API keys configured)"
-            err.print(f"memosys MCP on http://{host}:{port}{path} — auth: {mode}")
-            serve_http(app, host, port)
-    except MemosysError as exc:
-        err.print(f"[red]error[/red] ({exc.code}): {exc}")
-        raise typer.Exit(exc.exit_code) from None
+    with guarded(), MemOS.open(home) as mos:
+        if transport == "stdio":
+            build_mcp_server(acting(mos)).run("stdio")
+            return
+        if not path.startswith("/"):
+            raise ValidationError("--path must start with '/'")
+        keys = KeyPresence(mos)()
+        if not keys and not is_loopback(host):
+            raise ValidationError(
+                f"refusing to serve {host} without API keys: create a key first, or "
+                "bind 127.0.0.1 for local use")
+        # As `memosys serve`: on loopback open until the first key exists, else keys.
+        app = http_app(mos, open_access=None if is_loopback(host) else False, path=path,
+                       host=host)
+        mode = "API keys" if keys else "open (loopback only, no API keys configured)"
+        err.print(f"memosys MCP on http://{host}:{port}{path} — auth: {mode}")
+        serve_http(app, host, port)

@@ -4,45 +4,25 @@ Registered on the main app by :func:`register` (one line in cli.py)."""
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from memosys.errors import MemosysError
-from memosys.interface.cli_governance import runtime
+from memosys.interface.cli_common import HomeOpt, JsonOpt, err, guarded, out, print_json, runtime
 
 adapters_app = typer.Typer(help="Parametric memory: LoRA adapters distilled from memories.",
                            no_args_is_help=True)
 
-out = Console()
-err = Console(stderr=True)
 
-HomeOpt = Annotated[
-    Path | None,
-    typer.Option("--home", help="Installation home (default $MEMOSYS_HOME or ~/.memosys)."),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 StepsOpt = Annotated[int | None, typer.Option("--steps", help="Training steps.")]
 LrOpt = Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")]
 RankOpt = Annotated[int | None, typer.Option("--rank", help="LoRA rank.")]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Examples per step.")]
-
-
-@contextmanager
-def _guard() -> Iterator[None]:
-    try:
-        yield
-    except MemosysError as exc:
-        err.print(f"[red]error[/red] ({exc.code}): {exc}")
-        raise typer.Exit(exc.exit_code) from None
 
 
 @contextmanager
@@ -69,10 +49,6 @@ def train_config(steps: int | None, lr: float | None, rank: int | None,
     if "rank" in cfg:
         cfg["alpha"] = 2.0 * cfg["rank"]  # keep alpha/r (the effective scale) fixed
     return TrainConfig(**cfg)
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, default=str, ensure_ascii=False) + "\n")
 
 
 def distil(
@@ -102,7 +78,7 @@ def distil(
         )
     summary = record.summary()
     if as_json:
-        _print_json({**summary, "header": record.header})
+        print_json({**summary, "header": record.header})
         return
     ev = record.header.get("eval", {})
     out.print(f"adapter [bold]{record.id}[/bold] ({record.name}): {summary['sources']} "
@@ -120,7 +96,7 @@ def list_adapters(
     with runtime(home) as mos:
         rows = [r.summary() for r in mos.parametric.records(cube)]
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     table = Table("id", "name", "status", "sources", "steps", "loss", "recall", "MB", "reason")
     for r in rows:
@@ -135,7 +111,7 @@ def show_adapter(adapter_id: str, home: HomeOpt = None) -> None:
     """The adapter's header and record as JSON."""
     with runtime(home) as mos:
         record = mos.parametric.get(adapter_id)
-        _print_json({**record.summary(), "record": record.item.model_dump(mode="json")})
+        print_json({**record.summary(), "record": record.item.model_dump(mode="json")})
 
 
 @adapters_app.command("retire")
@@ -149,7 +125,7 @@ def retire_adapter(
     with runtime(home) as mos:
         result = mos.parametric.retire(adapter_id, probe=probe)
     if as_json:
-        _print_json({"adapter": result.record.summary(), "probes": result.probes,
+        print_json({"adapter": result.record.summary(), "probes": result.probes,
                      "restored": [i.id for i in result.restored]})
         return
     out.print(f"retired {adapter_id}; {len(result.restored)} memories active as plaintext, "
@@ -195,7 +171,7 @@ def bench_parametric(
     """Closed-book recall of distilled facts before/after, and forgetting."""
     from memosys.bench.parametric import run_parametric_bench
 
-    with _guard():
+    with guarded():
         run_parametric_bench(facts, train_config(steps, lr, rank, batch_size), json_file, out,
                              training_bar, replay=replay)
 

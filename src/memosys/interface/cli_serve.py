@@ -6,17 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from memosys.errors import MemosysError, ValidationError
-
-out = Console()
-err = Console(stderr=True)
-
-HomeOpt = Annotated[
-    Path | None,
-    typer.Option("--home", help="Installation home (default $MEMOSYS_HOME or ~/.memosys)."),
-]
+from memosys.errors import ValidationError
+from memosys.interface.cli_common import HomeOpt, err, guarded, out
 
 
 def serve(
@@ -36,12 +28,7 @@ def serve(
     from memosys.interface.server import ServerConfig, create_app
     from memosys.system import MemOS
 
-    try:
-        mos = MemOS.open(home)
-    except MemosysError as exc:
-        err.print(f"[red]error[/red] ({exc.code}): {exc}")
-        raise typer.Exit(exc.exit_code) from None
-    try:
+    with guarded(), MemOS.open(home) as mos:
         has_keys = KeyPresence(mos)()
         if not has_keys and not is_loopback(host):
             raise ValidationError(
@@ -56,11 +43,6 @@ def serve(
         mode = "API keys" if has_keys else "open (loopback only, no API keys configured)"
         err.print(f"memosys serving on http://{host}:{port} — auth: {mode}; docs at /docs")
         uvicorn.run(app, host=host, port=port, log_level=log_level)
-    except MemosysError as exc:
-        err.print(f"[red]error[/red] ({exc.code}): {exc}")
-        raise typer.Exit(exc.exit_code) from None
-    finally:
-        mos.close()
 
 
 def bench_serve(
@@ -84,13 +66,10 @@ def bench_serve(
     if duration <= 0 or clients < 1 or not 0.0 <= write_ratio <= 1.0 or seed_memories < 0:
         raise typer.BadParameter("need duration > 0, clients >= 1, 0 <= write-ratio <= 1, "
                                  "seed-memories >= 0")
-    try:
+    with guarded():
         report = run_serve_bench(duration=duration, clients=clients, write_ratio=write_ratio,
                                  seed_memories=seed_memories, url=url, api_key=api_key,
                                  json_file=json_file, console=out)
-    except MemosysError as exc:
-        err.print(f"[red]error[/red] ({exc.code}): {exc}")
-        raise typer.Exit(exc.exit_code) from None
     if report["lost_writes"] or report["errors"]:
         raise typer.Exit(1)
 

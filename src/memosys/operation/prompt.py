@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from memosys.infra.prompt_guard import neutralise
 from memosys.types import MemoryItem, MemoryType
 
 DEFAULT_SYSTEM = (
@@ -52,7 +53,9 @@ def section_of(item: MemoryItem) -> str:
 
 def render_memory(item: MemoryItem) -> str:
     """One memory as one bullet line (no trailing newline)."""
-    text = " ".join(item.text.split())  # one line: a newline inside would break the bullets
+    # Memory text is data: one line (a newline would break the bullets) with no chat-template
+    # tokens or role prefixes that could pass for prompt structure.
+    text = neutralise(item.text)
     if item.memory_type == MemoryType.EPISODE:
         role = item.source.role
         if role == "assistant":
