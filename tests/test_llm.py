@@ -31,6 +31,7 @@ from memosys.models.local_llm import (
     smollm2_gguf_path,
 )
 from memosys.models.openai_llm import OpenAICompatibleLLM
+from memosys.models.weights_cache import WeightsCache
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 STORY = [{"role": "user", "content": "Write a short poem about the sea."}]
@@ -143,8 +144,7 @@ def test_move_into_place_replaces_stale_cache(local: LocalLLM, tmp_path: Path) -
     built.mkdir()
     for f in local.cache_dir.iterdir():
         os.link(f, built / f.name)
-    llm = LocalLLM(cache_dir=dest)
-    llm._move_into_place(built, local.model_fingerprint)
+    WeightsCache(dest)._move_into_place(built, local.model_fingerprint)
     assert not built.exists() and not (dest / "junk").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
     assert LocalLLM(cache_dir=dest, gguf_path=tmp_path / "x.gguf").load().load_source == "cache"

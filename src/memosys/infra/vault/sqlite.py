@@ -8,35 +8,31 @@ through `vec_log`, an append-only list of vector changes.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
 from memosys.errors import ConflictError, NotFoundError, StorageError, ValidationError
 from memosys.infra.vault.base import (
-    JOB_STATES,
     Change,
-    ItemFilter,
-    Job,
     Snapshot,
     Vault,
     VersionRecord,
     Write,
 )
-from memosys.infra.vault.fts_query import fts_match_expression
 from memosys.infra.vault.graph_sql import SQLGraph, on_commit, on_purge
 from memosys.infra.vault.sqlite_graph import GRAPH_SCHEMA, SQLiteGraphDB
 from memosys.infra.vault.sqlite_import import SQLiteImportMixin
-from memosys.infra.vault.vector_index import VectorIndex
-from memosys.types import CubeConfig, MemCube, MemoryItem, Stats, new_id
+from memosys.infra.vault.sqlite_jobs import SQLiteJobsMixin
+from memosys.infra.vault.sqlite_rows import chunks, from_ts, to_ts
+from memosys.infra.vault.sqlite_search import SQLiteSearchMixin, _CubeVectors
+from memosys.types import CubeConfig, MemCube, MemoryItem, Stats
 
 SCHEMA_VERSION = 1
 
@@ -126,28 +122,11 @@ CREATE VIRTUAL TABLE IF NOT EXISTS items_fts USING fts5(
 """
 
 
-def _ts(value: datetime | None) -> float | None:
-    return value.timestamp() if value is not None else None
-
-
-def _dt(value: float | None) -> datetime | None:
-    return datetime.fromtimestamp(value, UTC) if value is not None else None
-
-
 def _item_doc(item: MemoryItem) -> str:
     return item.model_dump_json(exclude={"stats"})
 
 
-class _CubeVectors:
-    """One cube's in-memory index and how far it has read `vec_log`."""
-
-    def __init__(self, dim: int) -> None:
-        self.index = VectorIndex(dim)
-        self.seq = 0
-        self.lock = threading.Lock()
-
-
-class SQLiteVault(SQLiteImportMixin, SQLGraph, Vault):
+class SQLiteVault(SQLiteSearchMixin, SQLiteJobsMixin, SQLiteImportMixin, SQLGraph, Vault):
     def __init__(self, path: str | Path, *, ann_threshold: int | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -339,8 +318,8 @@ class SQLiteVault(SQLiteImportMixin, SQLGraph, Vault):
         src = item.source
         values = (
             item.id, cube_id, item.memory_type.value, item.state.value, src.user, src.agent,
-            src.session, item.owner, item.event_time.timestamp(), _ts(item.valid_from),
-            _ts(item.valid_to), item.created_at.timestamp(), item.version, _item_doc(item),
+            src.session, item.owner, item.event_time.timestamp(), to_ts(item.valid_from),
+            to_ts(item.valid_to), item.created_at.timestamp(), item.version, _item_doc(item),
         )
         if rowid is None:
             cur = conn.execute(
@@ -387,7 +366,7 @@ class SQLiteVault(SQLiteImportMixin, SQLGraph, Vault):
     @staticmethod
     def _rowids(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, int]:
         out: dict[str, int] = {}
-        for chunk in _chunks(list(ids), 500):
+        for chunk in chunks(list(ids), 500):
             marks = ",".join("?" * len(chunk))
             for item_id, rowid in conn.execute(
                 f"SELECT id, rowid FROM items WHERE id IN ({marks})", chunk
@@ -403,7 +382,7 @@ class SQLiteVault(SQLiteImportMixin, SQLGraph, Vault):
         item = MemoryItem.model_validate_json(doc)
         item.stats = Stats(
             access_count=access,
-            last_accessed=_dt(last),
+            last_accessed=from_ts(last),
             used_in_answer_count=used,
             feedback_score=feedback,
             heat=heat,
@@ -415,7 +394,7 @@ class SQLiteVault(SQLiteImportMixin, SQLGraph, Vault):
     def get_many(self, ids: Sequence[str]) -> dict[str, MemoryItem]:
         out: dict[str, MemoryItem] = {}
         conn = self._conn()
-        for chunk in _chunks(list(dict.fromkeys(ids)), 500):
+        for chunk in chunks(list(dict.fromkeys(ids)), 500):
             marks = ",".join("?" * len(chunk))
             for row in conn.execute(
                 f"SELECT {self._ITEM_COLS} FROM items WHERE id IN ({marks})", chunk
@@ -430,7 +409,8 @@ class SQLiteVault(SQLiteImportMixin, SQLGraph, Vault):
             (item_id,),
         ).fetchall()
         return [
-            VersionRecord(MemoryItem.model_validate_json(d), c, op, _dt(at) or datetime.now(UTC))
+            VersionRecord(MemoryItem.model_validate_json(d), c, op,
+                          from_ts(at) or datetime.now(UTC))
             for d, c, op, at in rows
         ]
 
@@ -464,7 +444,7 @@ class SQLiteVault(SQLiteImportMixin, SQLGraph, Vault):
     def purge(self, ids: Sequence[str]) -> int:
         erased = 0
         with self._write() as conn:
-            for chunk in _chunks(list(dict.fromkeys(ids)), 500):
+            for chunk in chunks(list(dict.fromkeys(ids)), 500):
                 marks = ",".join("?" * len(chunk))
                 rows = conn.execute(
                     f"SELECT rowid, id, cube_id FROM items WHERE id IN ({marks})", chunk
@@ -490,235 +470,6 @@ class SQLiteVault(SQLiteImportMixin, SQLGraph, Vault):
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return erased
 
-    # --- queries ---------------------------------------------------------------------
-    @staticmethod
-    def _where(flt: ItemFilter, alias: str = "i") -> tuple[str, list[Any]]:
-        clauses: list[str] = []
-        params: list[Any] = []
-
-        def any_of(column: str, values: Sequence[Any]) -> None:
-            clauses.append(f"{alias}.{column} IN ({','.join('?' * len(values))})")
-            params.extend(values)
-
-        if flt.cube_ids:
-            any_of("cube_id", flt.cube_ids)
-        if flt.ids:
-            any_of("id", flt.ids)
-        if flt.memory_types:
-            any_of("memory_type", [t.value for t in flt.memory_types])
-        if flt.states:
-            any_of("state", [s.value for s in flt.states])
-        for column, value in (
-            ("user_id", flt.user),
-            ("agent_id", flt.agent),
-            ("session_id", flt.session),
-            ("owner", flt.owner),
-        ):
-            if value is not None:
-                clauses.append(f"{alias}.{column} = ?")
-                params.append(value)
-        for tag in flt.tags:
-            clauses.append(
-                f"EXISTS (SELECT 1 FROM item_tags t WHERE t.tag = ? "
-                f"AND t.item_rowid = {alias}.rowid)"
-            )
-            params.append(tag)
-        if flt.since is not None:
-            clauses.append(f"{alias}.event_time >= ?")
-            params.append(flt.since.timestamp())
-        if flt.until is not None:
-            clauses.append(f"{alias}.event_time <= ?")
-            params.append(flt.until.timestamp())
-        if flt.valid_at is not None:
-            at = flt.valid_at.timestamp()
-            clauses.append(
-                f"{alias}.event_time <= ? AND ({alias}.valid_to IS NULL OR {alias}.valid_to > ?)"
-            )
-            params.extend([at, at])
-        if flt.kinds:
-            clauses.append(f"json_extract({alias}.doc, '$.kind') IN "
-                           f"({','.join('?' * len(flt.kinds))})")
-            params.extend(k.value for k in flt.kinds)
-        if flt.viewer is not None:  # governance: private memories only for their owner
-            clauses.append(f"(json_extract({alias}.doc, '$.visibility') != 'private' "
-                           f"OR {alias}.owner = ?)")
-            params.append(flt.viewer)
-        if flt.public_only_cubes:
-            clauses.append(f"({alias}.cube_id NOT IN ({','.join('?' * len(flt.public_only_cubes))})"
-                           f" OR json_extract({alias}.doc, '$.visibility') = 'public')")
-            params.extend(flt.public_only_cubes)
-        return (" AND ".join(clauses) or "1"), params
-
-    def list_items(self, flt: ItemFilter, limit: int = 100, offset: int = 0) -> list[MemoryItem]:
-        where, params = self._where(flt)
-        rows = self._conn().execute(
-            f"SELECT {self._ITEM_COLS} FROM items i WHERE {where} "
-            "ORDER BY i.created_at DESC, i.rowid DESC LIMIT ? OFFSET ?",
-            (*params, limit, offset),
-        ).fetchall()
-        return [self._row_to_item(r) for r in rows]
-
-    def count(self, flt: ItemFilter) -> int:
-        where, params = self._where(flt)
-        return int(self._conn().execute(f"SELECT count(*) FROM items i WHERE {where}", params)
-                   .fetchone()[0])
-
-    def search_text(self, query: str, flt: ItemFilter, limit: int) -> list[tuple[str, float]]:
-        match = fts_match_expression(query)
-        if match is None:
-            return []
-        where, params = self._where(flt)
-        conn = self._conn()
-        # Most searches filter little: rank in FTS5 alone, over-fetch, then check the filter
-        # by rowid. Only a selective filter pays for the full filtered query.
-        wanted = max(limit * 4, 50)
-        rows = conn.execute(
-            "SELECT i.id, c.score FROM (SELECT rowid, rank AS score FROM items_fts "
-            "WHERE items_fts MATCH ? ORDER BY rank LIMIT ?) c "
-            f"JOIN items i NOT INDEXED ON i.rowid = c.rowid WHERE {where} ORDER BY c.score",
-            (match, wanted, *params),
-        ).fetchall()
-        if len(rows) < limit and conn.execute(
-            "SELECT count(*) FROM (SELECT 1 FROM items_fts WHERE items_fts MATCH ? LIMIT ?)",
-            (match, wanted + 1),
-        ).fetchone()[0] > wanted:
-            rows = conn.execute(
-                "SELECT i.id, bm25(items_fts) AS score FROM items_fts "
-                "JOIN items i ON i.rowid = items_fts.rowid "
-                f"WHERE items_fts MATCH ? AND {where} ORDER BY score LIMIT ?",
-                (match, *params, limit),
-            ).fetchall()
-        # bm25() is lower-is-better; negate so every search reports higher-is-better.
-        return [(item_id, -score) for item_id, score in rows[:limit]]
-
-    def search_vector(
-        self, vector: np.ndarray, flt: ItemFilter, limit: int
-    ) -> list[tuple[str, float]]:
-        conn = self._conn()
-        cube_ids = list(flt.cube_ids) or [c.id for c in self.list_cubes()]
-        query = np.asarray(vector, dtype=np.float32).reshape(-1)
-        hits: list[tuple[int, float]] = []
-        for cube_id in cube_ids:
-            index = self._synced_index(conn, cube_id)
-            if index is None or len(index) == 0:
-                continue
-            if query.shape[0] != index.dim:
-                raise ValidationError(
-                    f"query embedding has dimension {query.shape[0]}, cube expects {index.dim}"
-                )
-            hits.extend(self._filtered_vector_hits(conn, index, query, flt, cube_id, limit))
-        hits.sort(key=lambda h: -h[1])
-        hits = hits[:limit]
-        ids = self._ids_for_rowids(conn, [h[0] for h in hits])
-        return [(ids[r], s) for r, s in hits if r in ids]
-
-    def _filtered_vector_hits(
-        self,
-        conn: sqlite3.Connection,
-        index: VectorIndex,
-        query: np.ndarray,
-        flt: ItemFilter,
-        cube_id: str,
-        limit: int,
-    ) -> list[tuple[int, float]]:
-        cube_flt = _with_cube(flt, cube_id)
-        where, params = self._where(cube_flt)
-        # Most searches filter little: over-fetch and check the filter on the candidates.
-        wanted = min(len(index), max(limit * 4, 50))
-        candidates = index.search(query, wanted)
-        passing = self._rowids_passing(conn, [k for k, _ in candidates], where, params)
-        hits = [(k, s) for k, s in candidates if k in passing]
-        if len(hits) >= limit or wanted >= len(index):
-            return hits[:limit]
-        # A selective filter: search exactly within the rows it allows.
-        allowed = np.fromiter(
-            (r for (r,) in conn.execute(f"SELECT i.rowid FROM items i WHERE {where}", params)),
-            dtype=np.int64,
-        )
-        if allowed.size == 0:
-            return []
-        return index.search(query, limit, allowed=allowed)
-
-    @staticmethod
-    def _rowids_passing(
-        conn: sqlite3.Connection, rowids: list[int], where: str, params: list[Any]
-    ) -> set[int]:
-        passing: set[int] = set()
-        for chunk in _chunks(rowids, 500):
-            marks = ",".join("?" * len(chunk))
-            passing.update(
-                r for (r,) in conn.execute(
-                    # NOT INDEXED: look rows up by rowid; a filter-column index would scan
-                    f"SELECT i.rowid FROM items i NOT INDEXED WHERE i.rowid IN ({marks}) "
-                    f"AND {where}",
-                    (*chunk, *params),
-                )
-            )
-        return passing
-
-    @staticmethod
-    def _ids_for_rowids(conn: sqlite3.Connection, rowids: list[int]) -> dict[int, str]:
-        out: dict[int, str] = {}
-        for chunk in _chunks(rowids, 500):
-            marks = ",".join("?" * len(chunk))
-            out.update(
-                conn.execute(f"SELECT rowid, id FROM items WHERE rowid IN ({marks})", chunk)
-            )
-        return out
-
-    def vector_index(self, cube_id: str) -> VectorIndex | None:
-        """This process's up-to-date vector index of a cube (diagnostics, benchmarks)."""
-        return self._synced_index(self._conn(), cube_id)
-
-    def _synced_index(self, conn: sqlite3.Connection, cube_id: str) -> VectorIndex | None:
-        with self._vectors_lock:
-            state = self._vectors.get(cube_id)
-            if state is None:
-                row = conn.execute("SELECT doc FROM cubes WHERE id = ?", (cube_id,)).fetchone()
-                if row is None:
-                    return None
-                dim = MemCube.model_validate_json(row[0]).config.embedding_dim
-                state = _CubeVectors(dim)
-                if self._ann_threshold is not None:
-                    state.index = VectorIndex(dim, ann_threshold=self._ann_threshold)
-                self._vectors[cube_id] = state
-        with state.lock:
-            self._catch_up(conn, cube_id, state)
-        return state.index
-
-    @staticmethod
-    def _catch_up(conn: sqlite3.Connection, cube_id: str, state: _CubeVectors) -> None:
-        conn.execute("BEGIN")  # the log and the vectors read from one snapshot
-        try:
-            changes = conn.execute(
-                "SELECT seq, item_rowid, removed FROM vec_log WHERE cube_id = ? AND seq > ? "
-                "ORDER BY seq",
-                (cube_id, state.seq),
-            ).fetchall()
-            if not changes:
-                return
-            latest: dict[int, int] = {}
-            for _, rowid, removed in changes:
-                latest[rowid] = removed
-            removed_rows = [r for r, gone in latest.items() if gone]
-            live_rows = [r for r, gone in latest.items() if not gone]
-            keys: list[int] = []
-            vecs: list[np.ndarray] = []
-            for chunk in _chunks(live_rows, 500):
-                marks = ",".join("?" * len(chunk))
-                for rowid, blob in conn.execute(
-                    f"SELECT item_rowid, vec FROM vectors WHERE item_rowid IN ({marks})", chunk
-                ):
-                    keys.append(rowid)
-                    vecs.append(np.frombuffer(blob, dtype=np.float32))
-            state.seq = changes[-1][0]
-        finally:
-            conn.execute("COMMIT")
-        if removed_rows:
-            state.index.remove(removed_rows)
-        if keys:
-            state.index.upsert(np.asarray(keys, dtype=np.int64), np.vstack(vecs))
-
     # --- statistics ------------------------------------------------------------------
     def record_access(self, ids: Sequence[str], *, used_in_answer: bool = False) -> None:
         if not ids:
@@ -741,65 +492,6 @@ class SQLiteVault(SQLiteImportMixin, SQLGraph, Vault):
             if cur.rowcount == 0:
                 raise NotFoundError(f"no memory {item_id!r}")
 
-    # --- jobs ------------------------------------------------------------------------
-    def enqueue_job(self, kind: str, payload: dict[str, Any], cube_id: str | None = None) -> Job:
-        now = datetime.now(UTC).timestamp()
-        job_id = new_id()
-        with self._write() as conn:
-            conn.execute(
-                "INSERT INTO jobs (id, kind, cube_id, payload, state, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, 'queued', ?, ?)",
-                (job_id, kind, cube_id, json.dumps(payload), now, now),
-            )
-        return self.get_job(job_id)
-
-    def claim_job(self, kinds: Sequence[str], lease_seconds: float = 300.0) -> Job | None:
-        if not kinds:
-            return None
-        now = datetime.now(UTC).timestamp()
-        marks = ",".join("?" * len(kinds))
-        with self._write() as conn:
-            row = conn.execute(
-                f"SELECT id FROM jobs WHERE kind IN ({marks}) AND (state = 'queued' OR "
-                "(state = 'running' AND lease_until < ?)) ORDER BY created_at LIMIT 1",
-                (*kinds, now),
-            ).fetchone()
-            if row is None:
-                return None
-            conn.execute(
-                "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = ?, "
-                "updated_at = ? WHERE id = ?",
-                (now + lease_seconds, now, row[0]),
-            )
-        return self.get_job(row[0])
-
-    def finish_job(
-        self, job_id: str, *, result: dict[str, Any] | None = None, error: str | None = None
-    ) -> Job:
-        now = datetime.now(UTC).timestamp()
-        with self._write() as conn:
-            cur = conn.execute(
-                "UPDATE jobs SET state = ?, result = ?, error = ?, lease_until = NULL, "
-                "updated_at = ? WHERE id = ?",
-                ("failed" if error is not None else "done",
-                 json.dumps(result) if result is not None else None, error, now, job_id),
-            )
-            if cur.rowcount == 0:
-                raise NotFoundError(f"no job {job_id!r}")
-        return self.get_job(job_id)
-
-    def get_job(self, job_id: str) -> Job:
-        row = self._conn().execute(
-            f"SELECT {_JOB_COLS} FROM jobs WHERE id = ?", (job_id,)
-        ).fetchone()
-        if row is None:
-            raise NotFoundError(f"no job {job_id!r}")
-        return _job(row)
-
-    def count_jobs(self) -> dict[str, int]:
-        rows = self._conn().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
-        return {state: 0 for state in JOB_STATES} | dict(rows.fetchall())
-
     # --- snapshots -------------------------------------------------------------------
     def create_snapshot(self, cube_id: str, label: str = "") -> Snapshot:
         now = datetime.now(UTC)
@@ -818,26 +510,5 @@ class SQLiteVault(SQLiteImportMixin, SQLGraph, Vault):
             "SELECT id, clock, label, at FROM snapshots WHERE cube_id = ? ORDER BY id",
             (cube_id,),
         ).fetchall()
-        return [Snapshot(cube_id, c, _dt(at) or datetime.now(UTC), lb, i) for i, c, lb, at in rows]
-
-
-def _job(row: tuple[Any, ...]) -> Job:
-    job_id, kind, cube_id, payload, state, attempts, created, updated, result, error = row
-    return Job(job_id, kind, cube_id, json.loads(payload), state, attempts,
-               _dt(created) or datetime.now(UTC), _dt(updated) or datetime.now(UTC),
-               json.loads(result) if result else None, error)
-
-
-_JOB_COLS = "id, kind, cube_id, payload, state, attempts, created_at, updated_at, result, error"
-
-
-def _with_cube(flt: ItemFilter, cube_id: str) -> ItemFilter:
-    return replace(flt, cube_ids=(cube_id,))
-
-
-T = TypeVar("T")
-
-
-def _chunks(values: list[T], size: int) -> Iterator[list[T]]:
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
+        return [Snapshot(cube_id, c, from_ts(at) or datetime.now(UTC), lb, i)
+                for i, c, lb, at in rows]

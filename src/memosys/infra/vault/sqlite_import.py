@@ -11,6 +11,7 @@ import numpy as np
 from memosys.errors import ConflictError, NotFoundError
 from memosys.infra.vault.base import ImportedItem
 from memosys.infra.vault.import_batch import check_batch, clock_map
+from memosys.infra.vault.sqlite_rows import chunks
 from memosys.types import MemCube, MemoryItem
 
 if TYPE_CHECKING:
@@ -53,11 +54,9 @@ class SQLiteImportMixin:
         return new_clock
 
     def vectors(self: SQLiteVault, ids: Sequence[str]) -> dict[str, np.ndarray]:
-        from memosys.infra.vault.sqlite import _chunks
-
         out: dict[str, np.ndarray] = {}
         conn = self._conn()
-        for chunk in _chunks(list(dict.fromkeys(ids)), 500):
+        for chunk in chunks(list(dict.fromkeys(ids)), 500):
             marks = ",".join("?" * len(chunk))
             for item_id, blob in conn.execute(
                 "SELECT i.id, v.vec FROM vectors v JOIN items i ON i.rowid = v.item_rowid "
