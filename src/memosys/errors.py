@@ -75,6 +75,19 @@ class SensitiveDataError(ValidationError):
     code = "sensitive_data"
 
 
+class RefusedByRuleError(ValidationError):
+    """A write a cube's "never remember" extraction rule refuses (HTTP 422). Nothing of
+    the call was written; the audit log names the rule (docs/extraction-rules.md)."""
+
+    code = "refused_by_rule"
+
+    def __init__(self, rule_id: str, rule_name: str) -> None:
+        super().__init__(f"refused by the cube's extraction rule {rule_id!r} ({rule_name}); "
+                         "nothing was written")
+        self.rule_id = rule_id
+        self.rule_name = rule_name
+
+
 class ActivationError(MemosysError):
     """An activation (KV) cache that cannot be built, loaded or used."""
 
