@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from conftest import BACKENDS
 from live_server import LiveServer
+from memosys.client import Client as MemosysClient
 from memosys.config import Settings
 from memosys.errors import (
     ConflictError,
@@ -435,9 +436,18 @@ def test_rest_round_trip_over_http(sqlite_mos: MemOS) -> None:
         assert chat.json()["items"][0]["text"].startswith("Mo: [withheld by rule no-health]")
         dry = as_mo.post("/api/v1/cubes/team/extraction/test", json={"text": SECRET})
         assert dry.json()["denied_by"]["id"] == "no-health"
+        with MemosysClient(url, api_key=olga) as client:  # the Python client: same rules, types
+            assert client.extraction_rules("team")["version"] == 1
+            assert client.set_extraction_rules("team", instructions="Be brief.",
+                                               expected_version=1)["version"] == 2
+            assert client.test_extraction_rules("team", SECRET)["direct_write"] == "refused"
+            with pytest.raises(RefusedByRuleError) as refused_remote:
+                client.add("team", SECRET)
+            assert refused_remote.value.rule_id == "no-health"
     audit = mos.audit_log(cube="team", limit=1000)
     assert {(e.actor, e.detail.get("action")) for e in audit
-            if e.op == "extraction.refused"} == {("mo", "refused"), ("mo", "withheld")}
+            if e.op == "extraction.refused"} == {("mo", "refused"), ("mo", "withheld"),
+                                                 ("olga", "refused")}
 
 
 def test_cli_show_set_test(home: Path, embedder) -> None:

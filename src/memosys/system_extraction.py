@@ -153,7 +153,7 @@ def enforce(mos: MemOS, access: Access, cube_id: str,
         rule = config.denied(item.text, embed)
         if rule is not None:
             _audit(access, cube_id, rule, item.text, "refused", item.memory_type)
-            raise RefusedByRuleError(rule.id, rule.name)
+            raise RefusedByRuleError.of(rule.id, rule.name)
         out.append(item)
     return out
 
