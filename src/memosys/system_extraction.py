@@ -145,12 +145,17 @@ def enforce(mos: MemOS, access: Access, cube_id: str,
     if not config.deny or not items:
         return items
     embed = mos.embedder.embed
+    # category rules compare embeddings: one call for the batch (memoised, so the write
+    # that follows embeds nothing again)
+    found: list[list[str]] | list[None] = (
+        config.categories_for([i.text for i in items], embed)
+        if any(r.category for r in config.deny) else [None] * len(items))
     out: list[MemoryItem] = []
-    for item in items:
+    for item, cats in zip(items, found, strict=True):
         if item.memory_type in RAW_TYPES:
-            out.append(_withhold(config, access, cube_id, item, embed))
+            out.append(_withhold(config, access, cube_id, item, embed, cats))
             continue
-        rule = config.denied(item.text, embed)
+        rule = config.denied(item.text, embed, cats)
         if rule is not None:
             _audit(access, cube_id, rule, item.text, "refused", item.memory_type)
             raise RefusedByRuleError.of(rule.id, rule.name)
@@ -159,10 +164,10 @@ def enforce(mos: MemOS, access: Access, cube_id: str,
 
 
 def _withhold(config: ExtractionConfig, access: Access, cube_id: str, item: MemoryItem,
-              embed: Any) -> MemoryItem:
+              embed: Any, categories: list[str] | None) -> MemoryItem:
     speaker = item.metadata.get("speaker")
     prefix = f"{speaker}: " if speaker and item.text.startswith(f"{speaker}: ") else ""
-    text, matches = config.withhold(item.text[len(prefix):], embed)
+    text, matches = config.withhold(item.text[len(prefix):], embed, categories)
     if not matches:
         return item
     for m in matches:

@@ -213,16 +213,23 @@ class ExtractionConfig:
                categories: Sequence[str] | None = None) -> Rule | None:
         return self.first_match(text, self.deny, embed, categories)
 
-    def withhold(self, text: str, embed: Embed | None) -> tuple[str, list[RuleMatch]]:
+    def withhold(self, text: str, embed: Embed | None,
+                 categories: Sequence[str] | None = None) -> tuple[str, list[RuleMatch]]:
         """Raw input with the sentences a deny rule matches replaced by a marker, and the
-        matches. A rule matching only across sentences withholds the whole text."""
-        if self.denied(text, embed) is None:
+        matches. A rule matching only across sentences withholds the whole text.
+        `categories`: the whole text's, when already known."""
+        whole = self.denied(text, embed, categories)
+        if whole is None:
             return text, []
         parts = sentences(text)
+        # one embedding call for all sentences (only category rules need them)
+        found: list[list[str]] | list[None] = (
+            self.categories_for(parts, embed) if any(r.category for r in self.deny)
+            else [None] * len(parts))
         kept: list[str] = []
         matches: list[RuleMatch] = []
-        for part in parts:
-            rule = self.denied(part, embed)
+        for part, cats in zip(parts, found, strict=True):
+            rule = self.denied(part, embed, cats)
             if rule is None:
                 kept.append(part)
             else:
@@ -231,9 +238,7 @@ class ExtractionConfig:
                 if not kept or kept[-1] != marker:
                     kept.append(marker)
         if not matches:  # only the whole text matches (a pattern across sentences)
-            rule = self.denied(text, embed)
-            assert rule is not None
-            return withheld_marker(rule), [RuleMatch(rule, text)]
+            return withheld_marker(whole), [RuleMatch(whole, text)]
         return " ".join(kept), matches
 
 
