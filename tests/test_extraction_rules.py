@@ -155,6 +155,28 @@ def test_import_cannot_bring_refused_memories_in(sqlite_mos: MemOS, tmp_path: Pa
     assert _everything(mos, "dst") == []
 
 
+def test_import_merge_checks_only_the_versions_it_adds(sqlite_mos: MemOS,
+                                                      tmp_path: Path) -> None:
+    """A cube that already holds an old version (stored before the rule) still takes the
+    newer versions of a pull; a newer version the rule refuses stops the import."""
+    mos = sqlite_mos
+    mos.create_cube("src")
+    [item] = mos.add("src", SECRET)
+    export_cube(mos, "src", tmp_path / "v1.mip")
+    import_archive(mos, tmp_path / "v1.mip", name="dst")
+    mos.set_extraction_rules("dst", rules=[HEALTH_RULE])
+    mos.update(item.id, text="Maya likes green tea")
+    export_cube(mos, "src", tmp_path / "v2.mip")
+    report = import_archive(mos, tmp_path / "v2.mip", name="dst", on_conflict="merge")
+    assert report.versions_added == 1
+    assert [i.text for i in mos.list("dst")] == ["Maya likes green tea"]
+    mos.update(item.id, text="Maya's blood pressure is 150/95")
+    export_cube(mos, "src", tmp_path / "v3.mip")
+    with pytest.raises(RefusedByRuleError):
+        import_archive(mos, tmp_path / "v3.mip", name="dst", on_conflict="merge")
+    assert [i.text for i in mos.list("dst")] == ["Maya likes green tea"]
+
+
 def test_mcp_add_is_refused_with_the_rule(sqlite_mos: MemOS) -> None:
     mos = sqlite_mos
     mos.create_cube("c")
