@@ -248,6 +248,20 @@ def test_reader_drops_only_the_refused_candidate(sqlite_mos: MemOS) -> None:
     assert entry.detail["episodes"] == [out[0].id]
 
 
+def test_a_queued_memory_command_is_refused_not_failed(sqlite_mos: MemOS) -> None:
+    mos = sqlite_mos
+    mos.create_cube("chat")
+    mos.add("chat", messages=[{"role": "user", "name": "Maya",
+                               "content": "Remember that my blood pressure is 150/95."}],
+            infer=True, wait=False)
+    mos.set_extraction_rules("chat", rules=[HEALTH_RULE])
+    job = mos.reader.process_next_job()
+    assert job is not None and job.state == "done", job
+    assert job.result["ops"] == {"REFUSED": 1}
+    assert _derived(mos, "chat") == []
+    assert _refusals(mos, "chat")[0].detail["rule_id"] == "no-health"
+
+
 def test_categories_are_assigned_without_a_model(mos: MemOS) -> None:
     mos.create_cube("c")
     mos.set_extraction_rules("c", categories=CATEGORIES)

@@ -242,13 +242,15 @@ def screen(mos: MemOS, cube_id: str, turn: Turn, candidates: list[Candidate],
     return kept, refused
 
 
-def refused_decision(exc: RefusedByRuleError, cand: Candidate) -> Decision:
-    """The decision for a candidate the write choke point refused during reconciliation."""
+def refused_decision(exc: RefusedByRuleError, memory_type: str | None,
+                     episode_ids: Sequence[str]) -> Decision:
+    """The decision for a write the choke point refused during reconciliation or a
+    memory command (already audited there)."""
     from memosys.interface.reconcile import Decision
 
     return Decision("REFUSED", f"refused by rule {exc.rule_id} ({exc.rule_name})", "",
-                    cand.memory_type.value, decided_by=f"rule:{exc.rule_id}",
-                    episode_ids=list(cand.derived_from))
+                    memory_type or "", decided_by=f"rule:{exc.rule_id}",
+                    episode_ids=list(episode_ids))
 
 
 def _allowed(turn: Turn, have: list[Candidate], config: ExtractionConfig) -> list[Candidate]:

@@ -261,10 +261,14 @@ class MemReader:
             if intent is not None and intent.kind != "none":
                 from memosys.interface.commands import run_intent
 
-                done = run_intent(self, found.id, intent, turn, user=ep.source.user,
-                                  exclude={ep.id}, origin={ep.id: ep}, job_id=job_id)
-                result.intents.append(done)
-                decisions.extend(done.decisions)
+                try:
+                    done = run_intent(self, found.id, intent, turn, user=ep.source.user,
+                                      exclude={ep.id}, origin={ep.id: ep}, job_id=job_id)
+                except RefusedByRuleError as exc:  # "remember that <refused>": audited
+                    decisions.append(refused_decision(exc, None, [ep.id]))
+                else:
+                    result.intents.append(done)
+                    decisions.extend(done.decisions)
             elif ep.memory_type in (MemoryType.EPISODE, MemoryType.DOCUMENT) and turn.text:
                 extraction = run_extractor(extractor, turn, context)
                 errors.extend(extraction.errors)
@@ -276,7 +280,8 @@ class MemReader:
                         decisions.append(reconciler.apply(found.id, cand, {ep.id: ep},
                                                           job_id=job_id))
                     except RefusedByRuleError as exc:  # audited where it was refused
-                        decisions.append(refused_decision(exc, cand))
+                        decisions.append(refused_decision(exc, cand.memory_type.value,
+                                                          cand.derived_from))
             result.decisions.extend(decisions)
             result.errors.extend(errors)
             self._mark(ep, decisions, errors, job_id, result.extractor)

@@ -11,7 +11,7 @@ A cube's :class:`ExtractionConfig` holds
   matching by keywords (whole words/phrases, case-insensitive), regular expressions, PII
   labels (:mod:`memosys.infra.pii`: "never store phone numbers") and/or a category
   (deny: "never store anything in category health"). Deny rules hold on every write
-  path (see :mod:`memosys.operation.extraction_guard`); allow rules make MemReader keep
+  path (see :mod:`memosys.system_extraction`); allow rules make MemReader keep
   a matching sentence even when its extractor proposed nothing for it, and a deny rule
   always wins over an allow rule;
 * **instructions** — free text for the model's extraction prompt (what to remember, what
