@@ -175,9 +175,16 @@ class Access:
     def pii_policy(self, cube_id: str) -> str:
         return str(self.mos.vault.governance.get_policy(cube_id).get("pii", DEFAULT_PII_POLICY))
 
-    def label(self, cube_id: str, items: list[MemoryItem]) -> list[MemoryItem]:
+    def label(self, cube_id: str, items: list[MemoryItem], *, rules: bool = True
+              ) -> list[MemoryItem]:
         """Items to write, with detected sensitive data labelled in `sensitivity`;
-        SensitiveDataError where the cube's policy is `reject` (nothing is written)."""
+        SensitiveDataError where the cube's policy is `reject` (nothing is written).
+        Every write passes here, so the cube's "never remember" rules are applied here
+        too (`rules`: the text is new; see memosys.system_extraction)."""
+        if rules:
+            from memosys.system_extraction import enforce
+
+            items = enforce(self.mos, self, cube_id, items)
         out: list[MemoryItem] = []
         policy: str | None = None
         for item in items:

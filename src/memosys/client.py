@@ -44,6 +44,7 @@ _ERRORS: dict[str, type[errors.MemosysError]] = {
     "unauthenticated": errors.AuthenticationError,
     "permission_denied": errors.PermissionDeniedError,
     "sensitive_data": errors.SensitiveDataError,
+    "refused_by_rule": errors.RefusedByRuleError,
 }
 
 
@@ -391,6 +392,23 @@ class Client:
         """Newest first, as dicts (`AuditEntry.as_dict()`)."""
         return list(self._call("GET", "/audit", params={
             "cube": cube, "actor": actor, "item_id": item_id, "limit": limit})["items"])
+
+    # --- extraction rules (docs/extraction-rules.md) ---------------------------------
+    def extraction_rules(self, cube: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/cubes/{_seg(cube)}/extraction"))
+
+    def set_extraction_rules(self, cube: str, *, categories: Sequence[Any] | None = None,
+                             rules: Sequence[Any] | None = None,
+                             instructions: str | None = None, threshold: float | None = None,
+                             expected_version: int | None = None) -> dict[str, Any]:
+        body = {"categories": categories, "rules": rules, "instructions": instructions,
+                "threshold": threshold, "expected_version": expected_version}
+        return dict(self._call("PUT", f"/cubes/{_seg(cube)}/extraction",
+                               json={k: v for k, v in body.items() if v is not None}))
+
+    def test_extraction_rules(self, cube: str, text: str) -> dict[str, Any]:
+        return dict(self._call("POST", f"/cubes/{_seg(cube)}/extraction/test",
+                               json={"text": text}))
 
 
 def _seg(value: str) -> str:

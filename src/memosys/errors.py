@@ -75,6 +75,28 @@ class SensitiveDataError(ValidationError):
     code = "sensitive_data"
 
 
+class RefusedByRuleError(ValidationError):
+    """A write a cube's "never remember" extraction rule refuses (HTTP 422). Nothing of
+    the call was written; the audit log names the rule (docs/extraction-rules.md)."""
+
+    code = "refused_by_rule"
+
+    def __init__(self, message: str, *, rule_id: str = "", rule_name: str = "") -> None:
+        super().__init__(message)
+        if not rule_id:  # rebuilt from a message (the HTTP client): the id is quoted in it
+            import re
+
+            found = re.search(r"rule '([^']+)'", message)
+            rule_id = found.group(1) if found else ""
+        self.rule_id = rule_id
+        self.rule_name = rule_name
+
+    @classmethod
+    def of(cls, rule_id: str, rule_name: str) -> RefusedByRuleError:
+        return cls(f"refused by the cube's extraction rule '{rule_id}' ({rule_name}); "
+                   "nothing was written", rule_id=rule_id, rule_name=rule_name)
+
+
 class ActivationError(MemosysError):
     """An activation (KV) cache that cannot be built, loaded or used."""
 

@@ -556,7 +556,8 @@ class MemOS(GovernanceAPI):
         fields.update(changes)
         item = validated(MemoryItem, **fields)
         # Detected labels always come back: a writer cannot unmask text by dropping them.
-        [item] = self._access.label(current.cube_id, [item])
+        [item] = self._access.label(current.cube_id, [item],
+                                    rules=item.text != current.text)
         vector = None
         if item.text != current.text:
             embedded = {} if embedded is None else embedded
@@ -740,6 +741,40 @@ class MemOS(GovernanceAPI):
         from memosys.operation.graph import MemoryGraphAPI
 
         return MemoryGraphAPI(self)
+
+    # --- extraction rules per cube (memosys.system_extraction; docs/extraction-rules.md) --
+    def extraction_rules(self, cube: str) -> dict[str, Any]:
+        """The cube's extraction config: categories, rules, instructions, version."""
+        from memosys.system_extraction import get_rules
+
+        return get_rules(self, cube)
+
+    def set_extraction_rules(
+        self,
+        cube: str,
+        *,
+        categories: Sequence[Any] | None = None,
+        rules: Sequence[Any] | None = None,
+        instructions: str | None = None,
+        threshold: float | None = None,
+        expected_version: int | None = None,
+    ) -> dict[str, Any]:
+        """Replace the given parts (None keeps a part) of the cube's categories
+        ({name, description, keywords}), rules ({id, name, kind deny|allow, keywords,
+        patterns, pii, category, description}) and model instructions; needs the cube's
+        `share` permission. Deny rules hold on every write path from now on; nothing
+        stored is changed."""
+        from memosys.system_extraction import set_rules
+
+        return set_rules(self, cube, categories=categories, rules=rules,
+                         instructions=instructions, threshold=threshold,
+                         expected_version=expected_version)
+
+    def test_extraction_rules(self, cube: str, text: str) -> dict[str, Any]:
+        """Dry run: which rule refuses `text`, which categories it gets (nothing written)."""
+        from memosys.system_extraction import dry_run
+
+        return dry_run(self, cube, _text_arg("text", text))
 
 
 def _backoff(attempt: int) -> None:

@@ -242,8 +242,8 @@ class GovernanceAPI:
             from memosys.operation.lifecycle import DecayPolicy
 
             changes["decay"] = DecayPolicy.from_dict(changes["decay"]).as_dict()
-        policy = {**self.vault.governance.get_policy(found.id), **changes}
-        self.vault.governance.set_policy(found.id, policy)
+        # atomic: a concurrent change of another field (extraction rules) is kept
+        self.vault.governance.update_policy(found.id, lambda policy: {**policy, **changes})
         self._audit("set_cube_policy", cube_id=found.id, detail={"fields": sorted(changes)})
         return self.cube_policy(found.id)
 

@@ -376,9 +376,10 @@ def _plan(
         if memory.id in skip:
             continue
         target_id = idmap[memory.id]
-        history = _labelled(mos, cube.id, [_moved(r, cube.id, idmap)
-                                           for r in parsed.records[memory.id]])
         current = held.get(target_id)
+        history = _labelled(mos, cube.id, [_moved(r, cube.id, idmap)
+                                           for r in parsed.records[memory.id]],
+                            held_version=current.version if current else 0)
         if current is None:
             expected = None
             if history[0].item.version != 1:
@@ -410,9 +411,14 @@ def _plan(
     return entries, to_embed
 
 
-def _labelled(mos: MemOS, cube_id: str, records: list[VersionRecord]) -> list[VersionRecord]:
-    """Sensitive data is labelled (or refused, per the target cube's policy) as on `add`."""
-    items = mos._access.label(cube_id, [r.item for r in records])
+def _labelled(mos: MemOS, cube_id: str, records: list[VersionRecord],
+              held_version: int = 0) -> list[VersionRecord]:
+    """Sensitive data is labelled (or refused, per the target cube's policy) as on `add`;
+    the cube's extraction rules apply to the versions it does not hold yet."""
+    old = [r.item for r in records if r.item.version <= held_version]
+    items = [*mos._access.label(cube_id, old, rules=False),
+             *mos._access.label(cube_id, [r.item for r in records
+                                          if r.item.version > held_version])]
     return [VersionRecord(i, r.clock, r.op, r.at) for i, r in zip(items, records, strict=True)]
 
 

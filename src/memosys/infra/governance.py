@@ -31,7 +31,7 @@ import json
 import re
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -367,6 +367,15 @@ class GovernanceStore(ABC):
 
     @abstractmethod
     def set_policy(self, cube_id: str, policy: dict[str, Any]) -> None: ...
+
+    def update_policy(self, cube_id: str,
+                      change: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+        """Replace the cube's policy with `change(current)` atomically (read and write in
+        one transaction, so concurrent writers of different fields lose nothing); returns
+        the new policy. `change` may raise to abort. Backends override this default."""
+        policy = change(self.get_policy(cube_id))
+        self.set_policy(cube_id, policy)
+        return policy
 
     # review queue
     @abstractmethod

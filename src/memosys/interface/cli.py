@@ -31,6 +31,7 @@ from memosys.interface.cli_common import (
 )
 from memosys.interface.cli_db import db_app
 from memosys.interface.cli_exchange import register as register_exchange
+from memosys.interface.cli_extraction import register as register_extraction
 from memosys.interface.cli_governance import register
 from memosys.interface.cli_graph import bench_graph, graph_app
 from memosys.interface.cli_mcp import mcp_command
@@ -57,6 +58,7 @@ register(app, bench_app)  # users, keys, share, acl, policy, audit, lifecycle, r
 register_parametric(app, bench_app)
 register_activation(app, bench_app)  # chat, activation, bench ttft
 app.add_typer(graph_app, name="graph")
+register_extraction(app)  # extraction show|set|test
 bench_app.command("graph")(bench_graph)
 
 

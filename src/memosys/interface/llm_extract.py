@@ -120,6 +120,9 @@ class LLMExtractor:
         self.include_assistant = include_assistant
         self.max_new_tokens = max_new_tokens or (96 if self.fmt == "lines" else 400)
         self.backend = f"llm:{llm.id}:{self.fmt}"
+        self.guidance = ""
+        """The cube's instructions, rules and categories (memosys.system_extraction.guided)."""
+        self.categories: tuple[str, ...] = ()
 
     def extract(self, turns: Sequence[Turn], context: Sequence[Turn] = ()) -> Extraction:
         out = Extraction()
@@ -142,11 +145,13 @@ class LLMExtractor:
                 out.errors.append(f"{_where(turn)}: unusable model output: {exc}")
                 continue
             rejected = 0
-            for kind, text, time_text in items:
+            for kind, text, time_text, category in items:
                 cand = self.candidate(turn, kind, text, time_text)
                 if cand is None:
                     rejected += 1
                 elif not any(c.text == cand.text for c in out.candidates):
+                    if category in self.categories:
+                        cand.tags = [*cand.tags, f"category:{category}"]
                     out.candidates.append(cand)
             if rejected:
                 out.errors.append(f"{_where(turn)}: dropped {rejected} proposed memories "
@@ -155,8 +160,9 @@ class LLMExtractor:
 
     # --- prompts -------------------------------------------------------------------------
     def messages(self, turn: Turn, context: Sequence[Turn]) -> list[dict[str, str]]:
+        guidance = f"\n{self.guidance}" if self.guidance else ""
         if self.fmt == "json":
-            msgs = [{"role": "system", "content": JSON_SYSTEM}]
+            msgs = [{"role": "system", "content": JSON_SYSTEM + guidance}]
             for user, answer in JSON_SHOTS:
                 msgs += [{"role": "user", "content": user},
                          {"role": "assistant", "content": answer}]
@@ -164,15 +170,17 @@ class LLMExtractor:
             lines.append(f"{_label(turn)} {turn.text}")
             msgs.append({"role": "user", "content": "\n".join(lines)})
             return msgs
-        msgs = [{"role": "system", "content": LINES_SYSTEM}]
+        msgs = [{"role": "system", "content": LINES_SYSTEM + guidance}]
         for user, answer in LINES_SHOTS:
             msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
         msgs.append({"role": "user", "content": f"{turn.speaker or 'User'}: {turn.text}"})
         return msgs
 
     # --- parsing -------------------------------------------------------------------------
-    def parse(self, output: str) -> list[tuple[MemoryType | None, str, str | None]]:
-        """(type, text, time) triples; StructuredOutputError when nothing is usable."""
+    def parse(self, output: str
+              ) -> list[tuple[MemoryType | None, str, str | None, str | None]]:
+        """(type, text, time, category) tuples; StructuredOutputError when nothing is
+        usable. A category comes only from JSON output (asked for by the guidance)."""
         if self.fmt == "json":
             value = parse_json(output)
             found = []
@@ -181,8 +189,10 @@ class LLMExtractor:
                 if not isinstance(text, str):
                     continue
                 when = obj.get("time")
+                category = obj.get("category")
                 found.append((_memory_type(obj.get("type")), text,
-                              when if isinstance(when, str) and when.strip() else None))
+                              when if isinstance(when, str) and when.strip() else None,
+                              category.strip() if isinstance(category, str) else None))
             return found
         text = output.strip()
         if not text:
@@ -193,7 +203,7 @@ class LLMExtractor:
                 continue
             m = _LINE.match(line)
             if m:
-                found.append((_memory_type(m.group(1)), m.group(2), None))
+                found.append((_memory_type(m.group(1)), m.group(2), None, None))
         if not found and not re.match(r"^\s*(none|nothing)\b", text, re.IGNORECASE):
             preview = text.replace("\n", " ")[:120]
             raise StructuredOutputError(f"no 'type: text' lines in the model output: {preview!r}")

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from memosys.errors import NotFoundError, ValidationError
+from memosys.errors import NotFoundError, RefusedByRuleError, ValidationError
 from memosys.infra.vault.base import Job
 from memosys.interface.chunking import DEFAULT_CHUNK_CHARS, chunk_document, decode_document
 from memosys.interface.extract import (
@@ -239,7 +239,10 @@ class MemReader:
             raise NotFoundError(f"no episode {missing[0]!r}")
         ordered = sorted((loaded[i] for i in dict.fromkeys(ids)),
                          key=lambda it: (it.event_time, it.created_at))
-        extractor = self.extractor
+        from memosys.system_extraction import guided, load, refused_decision, screen
+
+        rules = load(self.mos, found.id)  # the cube's categories and rules (may be empty)
+        extractor = guided(self.extractor, rules)
         result = ReadResult(extractor=getattr(extractor, "backend", extractor.name))
         reconciler = self.reconciler()
         context: list[Turn] = []
@@ -258,17 +261,27 @@ class MemReader:
             if intent is not None and intent.kind != "none":
                 from memosys.interface.commands import run_intent
 
-                done = run_intent(self, found.id, intent, turn, user=ep.source.user,
-                                  exclude={ep.id}, origin={ep.id: ep}, job_id=job_id)
-                result.intents.append(done)
-                decisions.extend(done.decisions)
-            elif ep.memory_type in (MemoryType.EPISODE, MemoryType.DOCUMENT):
+                try:
+                    done = run_intent(self, found.id, intent, turn, user=ep.source.user,
+                                      exclude={ep.id}, origin={ep.id: ep}, job_id=job_id)
+                except RefusedByRuleError as exc:  # "remember that <refused>": audited
+                    decisions.append(refused_decision(exc, None, [ep.id]))
+                else:
+                    result.intents.append(done)
+                    decisions.extend(done.decisions)
+            elif ep.memory_type in (MemoryType.EPISODE, MemoryType.DOCUMENT) and turn.text:
                 extraction = run_extractor(extractor, turn, context)
                 errors.extend(extraction.errors)
-                result.candidates.extend(extraction.candidates)
-                for cand in extraction.candidates:
-                    decisions.append(reconciler.apply(found.id, cand, {ep.id: ep},
-                                                      job_id=job_id))
+                kept, refused = screen(self.mos, found.id, turn, extraction.candidates, rules)
+                decisions.extend(refused)
+                result.candidates.extend(kept)
+                for cand in kept:
+                    try:
+                        decisions.append(reconciler.apply(found.id, cand, {ep.id: ep},
+                                                          job_id=job_id))
+                    except RefusedByRuleError as exc:  # audited where it was refused
+                        decisions.append(refused_decision(exc, cand.memory_type.value,
+                                                          cand.derived_from))
             result.decisions.extend(decisions)
             result.errors.extend(errors)
             self._mark(ep, decisions, errors, job_id, result.extractor)
@@ -361,6 +374,10 @@ def episode_turn(item: MemoryItem) -> Turn:
     text = item.text
     if speaker and text.startswith(f"{speaker}: "):
         text = text[len(speaker) + 2:]
+    if "withheld" in item.metadata:  # what an extraction rule withheld is not extracted
+        from memosys.interface.reader_rules import strip_markers
+
+        text = strip_markers(text)
     role = item.source.role or ("document" if item.memory_type == MemoryType.DOCUMENT
                                 else "user")
     if not speaker and role == "user":

@@ -31,6 +31,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "embedder_mismatch": 409,
     "payload_too_large": 413,
     "unprocessable": 422,
+    "refused_by_rule": 422,
     "llm_error": 502,
     "embedder_error": 502,
     "storage_error": 503,

@@ -8,7 +8,7 @@ scoped advisory lock, so concurrent workers extend one chain in order.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -271,6 +271,22 @@ class PostgresGovernance(GovernanceStore):
         self._vault._statement(
             "INSERT INTO gov_policies VALUES (%s, %s) ON CONFLICT (cube_id) DO UPDATE SET "
             "doc = EXCLUDED.doc", (cube_id, canonical(policy)))
+
+    def update_policy(self, cube_id: str,
+                      change: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+        def work(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+            # the row must exist before it can be locked; FOR UPDATE then serialises writers
+            conn.execute("INSERT INTO gov_policies VALUES (%s, '{}') ON CONFLICT DO NOTHING",
+                         (cube_id,))
+            row = conn.execute("SELECT doc FROM gov_policies WHERE cube_id = %s FOR UPDATE",
+                               (cube_id,)).fetchone()
+            policy = change(json.loads(row[0]) if row else {})
+            conn.execute("UPDATE gov_policies SET doc = %s WHERE cube_id = %s",
+                         (canonical(policy), cube_id))
+            return policy
+
+        result: dict[str, Any] = self._tx(work)
+        return result
 
     # --- reviews ---------------------------------------------------------------------
     def add_review(self, entry: ReviewEntry) -> ReviewEntry:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -354,6 +354,16 @@ class SQLiteGovernance(GovernanceStore):
         with self._vault._write() as conn:
             conn.execute("INSERT OR REPLACE INTO gov_policies VALUES (?, ?)",
                          (cube_id, canonical(policy)))
+
+    def update_policy(self, cube_id: str,
+                      change: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+        with self._vault._write() as conn:  # BEGIN IMMEDIATE: no writer in between
+            row = conn.execute("SELECT doc FROM gov_policies WHERE cube_id = ?",
+                               (cube_id,)).fetchone()
+            policy = change(json.loads(row[0]) if row else {})
+            conn.execute("INSERT OR REPLACE INTO gov_policies VALUES (?, ?)",
+                         (cube_id, canonical(policy)))
+        return policy
 
     # --- reviews ---------------------------------------------------------------------
     def add_review(self, entry: ReviewEntry) -> ReviewEntry:
