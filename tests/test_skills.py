@@ -4,13 +4,25 @@ them (docs/skills.md)."""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import anyio
+import httpx
 import pytest
+from mcp import Client
 
+from live_server import LiveServer
 from memosys.errors import NotFoundError, PermissionDeniedError, ValidationError
-from memosys.operation.scheduler import MemScheduler, SchedulerConfig
+from memosys.interface.mcp import build_mcp_server
+from memosys.interface.server import create_app
+from memosys.operation.prompt import DEFAULT_SYSTEM, system_message
+from memosys.operation.scheduler import MemScheduler, Plan, SchedulerConfig
 from memosys.system import MemOS
+
+if TYPE_CHECKING:
+    from memosys.models.local_llm import LocalLLM
 
 SIMILAR = [
     ("Deploy the web app to staging", "web"),
@@ -197,3 +209,146 @@ def test_governance_permissions_privacy_and_audit(agent: MemOS) -> None:
     skill = agent.get(private)
     assert skill.visibility.value == "private" and skill.owner == "bob"
     assert [m.item.id for m in bob.find_skills("shared", FOURTH)] == [private]
+
+
+# --- the scheduler: a skill in the prompt, then compiled into activation memory --------
+def _plan(mos: MemOS, local: LocalLLM, query: str) -> Plan:
+    tok = local.tokenizer
+    plan = mos.scheduler.plan(
+        mos, query, [mos.get_cube("agent").id], base_system=DEFAULT_SYSTEM, model=local.id,
+        count_tokens=lambda t: len(tok(t, add_special_tokens=False)["input_ids"]),
+        local_llm=local)
+    mos.scheduler.after_answer(plan)
+    return plan
+
+
+def test_scheduler_puts_the_skill_in_the_prompt_and_promotes_it(
+        agent: MemOS, local: LocalLLM) -> None:
+    agent.llm = local
+    _three(agent, distil=False)
+    [skill_id] = agent.distil_skills("agent").created
+    result = agent.chat([{"role": "user", "content": FOURTH}], cube_ids=["agent"],
+                        max_tokens=4, remember=False)
+    [used] = [d for d in result.decisions if d.memory_id == skill_id]
+    assert (used.form, used.section) == ("plaintext", "procedure")
+    assert "skill for this task" in used.reason and used.tokens > 0
+    unrelated = _plan(agent, local, UNRELATED)
+    assert all(d.memory_id != skill_id for d in unrelated.record.decisions)
+
+    prompt = system_message(_plan(agent, local, FOURTH).stable_text, [agent.get(skill_id)])
+    assert "Procedures that worked before" in prompt and "run_tests" in prompt
+    third = _plan(agent, local, FOURTH)  # chat + two plans: used in three answers
+    assert any(e.startswith(f"promoted {skill_id}") for e in third.record.events)
+    stable = _plan(agent, local, FOURTH)
+    [d] = [d for d in stable.record.decisions if d.memory_id == skill_id]
+    assert d.section == "background" and "Skill: " in stable.stable_text
+    agent.scheduler.run_pending()  # the activation build the scheduler queued
+    cached = _plan(agent, local, FOURTH)
+    [d] = [d for d in cached.record.decisions if d.memory_id == skill_id]
+    assert (d.form, d.section) == ("activation", "background")
+
+
+# --- interfaces -------------------------------------------------------------------------
+def test_rest_over_http(agent: MemOS) -> None:
+    with LiveServer(create_app(agent)) as base, httpx.Client(base_url=base,
+                                                              timeout=60) as http:
+        call = http.post("/api/v1/cubes/agent/tool-calls", json={
+            "tool": "weather", "arguments": {"city": "Oslo"}, "result": "rain",
+            "duration_ms": 12, "trajectory_id": "r1"})
+        assert call.status_code == 201, call.text
+        assert call.json()["memory_type"] == "tool_call"
+        for body in ({"tool": "has space"}, {"tool": "t", "success": "yes"},
+                     {"tool": "t", "colour": "red"}):
+            bad = http.post("/api/v1/cubes/agent/tool-calls", json=body)
+            assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_input"
+        collected = http.post("/api/v1/cubes/agent/trajectories", json={
+            "task": "check the weather", "success": True, "trajectory_id": "r1"})
+        assert collected.status_code == 201, collected.text
+        assert collected.json()["derived_from"] == [call.json()["id"]]
+        for task, svc in SIMILAR:
+            resp = http.post("/api/v1/cubes/agent/trajectories", json={
+                "task": task, "success": True, "steps": _steps(svc), "distil": False})
+            assert resp.status_code == 201, resp.text
+        missing = http.post("/api/v1/cubes/agent/trajectories", json={
+            "task": "x", "success": True})
+        assert missing.status_code == 400 and "trajectory_id" in missing.text
+
+        report = http.post("/api/v1/cubes/agent/skills/distil", json={}).json()
+        [skill_id] = report["created"]
+        listed = http.get("/api/v1/cubes/agent/skills").json()["items"]
+        assert [s["id"] for s in listed] == [skill_id]
+        shown = http.get(f"/api/v1/skills/{skill_id}").json()
+        assert [s["tool"] for s in shown["steps"]] == ["git_pull", "run_tests", "deploy"]
+        assert len(shown["derived_from"]) == 3
+        found = http.post("/api/v1/cubes/agent/skills/find", json={"task": FOURTH}).json()
+        assert [m["skill"]["id"] for m in found["matches"]] == [skill_id]
+        none = http.post("/api/v1/cubes/agent/skills/find", json={"task": UNRELATED})
+        assert none.json() == {"matches": []}
+        assert http.get(f"/api/v1/skills/{call.json()['id']}").status_code == 404
+        assert "/api/v1/cubes/{cube}/skills/find" in http.get("/openapi.json").json()["paths"]
+
+
+def test_mcp_tool_round_trip(agent: MemOS) -> None:
+    async def scenario(client: Client) -> None:
+        names = {t.name for t in (await client.list_tools()).tools}
+        assert {"record_tool_call", "record_trajectory", "distil_skills", "find_skills",
+                "list_skills"} <= names
+        call = await _mcp(client, "record_tool_call", tool="git_pull", cube="agent",
+                          arguments={"repo": "web"}, result="ok", trajectory_id="t1")
+        assert call["memory_type"] == "tool_call"
+        for task, svc in SIMILAR:
+            await _mcp(client, "record_trajectory", task=task, success=True,
+                       steps=_steps(svc), cube="agent")
+        bad = await client.call_tool("record_trajectory", {
+            "task": "x", "success": True, "steps": [{"tool": "a b"}], "cube": "agent"})
+        assert bad.is_error and "invalid_input" in bad.content[0].text  # type: ignore[union-attr]
+        report = await _mcp(client, "distil_skills", cube="agent")
+        [skill_id] = report["created"]
+        found = (await _mcp(client, "find_skills", task=FOURTH, cubes=["agent"]))["skills"]
+        assert [m["skill"]["id"] for m in found] == [skill_id]
+        assert found[0]["skill"]["steps"][0]["tool"] == "git_pull"
+        assert (await _mcp(client, "find_skills", task=UNRELATED,
+                           cubes=["agent"]))["skills"] == []
+        listed = (await _mcp(client, "list_skills", cube="agent"))["skills"]
+        assert [s["id"] for s in listed] == [skill_id]
+
+    async def main() -> None:
+        async with Client(build_mcp_server(agent)) as client:
+            await scenario(client)
+    anyio.run(main)
+
+
+async def _mcp(client: Client, tool: str, /, **args: Any) -> dict[str, Any]:
+    result = await client.call_tool(tool, args)
+    assert not result.is_error, result.content
+    assert isinstance(result.structured_content, dict)
+    return result.structured_content
+
+
+def test_cli_distil_list_show_find(agent: MemOS, home: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from memosys.interface.cli import app
+
+    _three(agent, distil=False)
+    agent.close()
+    runner = CliRunner()
+    res = runner.invoke(app, ["skills", "distil", "-c", "agent", "--home", str(home),
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    [skill_id] = json.loads(res.output)["created"]
+    res = runner.invoke(app, ["skills", "find", FOURTH, "-c", "agent", "--home", str(home),
+                              "--json"])
+    assert [m["skill"]["id"] for m in json.loads(res.output)] == [skill_id]
+    res = runner.invoke(app, ["skills", "find", UNRELATED, "-c", "agent", "--home",
+                              str(home)])
+    assert "no skill applies" in res.output
+    res = runner.invoke(app, ["skills", "show", skill_id, "--home", str(home)])
+    assert res.exit_code == 0 and "run_tests" in res.output
+    res = runner.invoke(app, ["skills", "list", "-c", "agent", "--home", str(home)])
+    assert skill_id[:8] in res.output
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"task": "t", "success": true, "steps": [{"tool": "a b"}]}')
+    res = runner.invoke(app, ["skills", "record", str(bad), "-c", "agent", "--home",
+                              str(home)])
+    assert res.exit_code == 2 and "invalid_input" in res.output

@@ -27,6 +27,7 @@ from memosys.interface.cli_graph import bench_graph, graph_app
 from memosys.interface.cli_mcp import mcp_command
 from memosys.interface.cli_parametric import register as register_parametric
 from memosys.interface.cli_serve import register as register_serve
+from memosys.interface.cli_skills import register as register_skills
 from memosys.system import SearchFilters
 from memosys.types import MemoryItem
 
@@ -49,6 +50,7 @@ register_parametric(app, bench_app)
 register_activation(app, bench_app)  # chat, activation, bench ttft
 app.add_typer(graph_app, name="graph")
 bench_app.command("graph")(bench_graph)
+register_skills(app)  # skills record, distil, list, show, find
 
 out = Console()
 err = Console(stderr=True)
