@@ -5,6 +5,7 @@ them (docs/skills.md)."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,7 @@ import pytest
 from mcp import Client
 
 from live_server import LiveServer
+from memosys.config import Settings
 from memosys.errors import NotFoundError, PermissionDeniedError, ValidationError
 from memosys.interface.mcp import build_mcp_server
 from memosys.interface.server import create_app
@@ -22,6 +24,8 @@ from memosys.operation.scheduler import MemScheduler, Plan, SchedulerConfig
 from memosys.system import MemOS
 
 if TYPE_CHECKING:
+    from memosys.infra.vault.base import Vault
+    from memosys.models.embed import Embedder
     from memosys.models.local_llm import LocalLLM
 
 SIMILAR = [
@@ -77,6 +81,20 @@ def test_skill_from_three_trajectories_found_for_a_fourth_not_for_unrelated(
     assert match.item.id == skill.id and match.score >= 0.45
     assert agent.find_skills("agent", UNRELATED) == []
     assert agent.find_skills("agent", "Write a poem about the sea") == []  # support 1
+
+
+def test_acceptance_on_every_backend(vault: Vault, home: Path, embedder: Embedder) -> None:
+    """The same flow on SQLite and PostgreSQL, with two distil runs racing: one skill."""
+    with MemOS(Settings.load(home), vault=vault, embedder=embedder) as mos:
+        mos.scheduler = MemScheduler(mos, SchedulerConfig(background=False))
+        mos.create_cube("agent")
+        _three(mos, distil=False)
+        with ThreadPoolExecutor(2) as pool:
+            reports = list(pool.map(lambda _: mos.distil_skills("agent"), range(2)))
+        assert sorted(len(r.created) for r in reports) == [0, 1]
+        [skill] = mos.skills.list("agent")
+        assert [m.item.id for m in mos.find_skills("agent", FOURTH)] == [skill.id]
+        assert mos.find_skills("agent", UNRELATED) == []
 
 
 def test_two_are_not_enough_and_rerun_is_idempotent(agent: MemOS) -> None:

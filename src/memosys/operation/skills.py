@@ -282,6 +282,15 @@ class SkillMemory:
         support = _int_arg("min_support", self.config.min_support if min_support is None
                            else min_support, 2, 1000)
         found = self.mos.get_cube(cube, need="write")
+        # One run per cube at a time in this process (the job and an on-demand call), so
+        # two runs never both create the skill of one new cluster. Across processes a
+        # duplicate is possible and the next run archives it (the one matched keeps going).
+        with _distil_lock(self.mos.vault, found.id):
+            return self._distil(found.id, support, use_model=use_model, dry_run=dry_run)
+
+    def _distil(self, cube_id: str, support: int, *, use_model: bool,
+                dry_run: bool) -> DistilReport:
+        found = self.mos.vault.get_cube(cube_id)
         access = self.mos._access
         base = ItemFilter(cube_ids=(found.id,), kinds=(MemoryKind.PLAINTEXT,))
         runs: dict[tuple[str, str | None], list[Run]] = {}
@@ -471,6 +480,15 @@ _LOCK = threading.Lock()
 _QUEUED: weakref.WeakKeyDictionary[Vault, dict[str, str]] = weakref.WeakKeyDictionary()
 """Per vault: cube id -> the distil job queued for it, so a burst of trajectories queues
 one job, not one each."""
+
+
+_RUNNING: weakref.WeakKeyDictionary[Vault, dict[str, threading.Lock]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _distil_lock(vault: Vault, cube_id: str) -> threading.Lock:
+    with _LOCK:
+        return _RUNNING.setdefault(vault, {}).setdefault(cube_id, threading.Lock())
 
 
 def queue_distil(mos: MemOS, cube_id: str) -> str:
