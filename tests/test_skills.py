@@ -21,6 +21,7 @@ from memosys.interface.mcp import build_mcp_server
 from memosys.interface.server import create_app
 from memosys.operation.prompt import DEFAULT_SYSTEM, system_message
 from memosys.operation.scheduler import MemScheduler, Plan, SchedulerConfig
+from memosys.operation.skills_distil import name_from, sentence_from
 from memosys.system import MemOS
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ def test_skill_from_three_trajectories_found_for_a_fourth_not_for_unrelated(
     assert "deploy" in payload["name"] and payload["support"] == 3
 
     [match] = agent.find_skills("agent", FOURTH)
-    assert match.item.id == skill.id and match.score >= 0.45
+    assert match.item.id == skill.id and match.score >= 0.35
     assert agent.find_skills("agent", UNRELATED) == []
     assert agent.find_skills("agent", "Write a poem about the sea") == []  # support 1
 
@@ -264,6 +265,30 @@ def test_scheduler_puts_the_skill_in_the_prompt_and_promotes_it(
     cached = _plan(agent, local, FOURTH)
     [d] = [d for d in cached.record.decisions if d.memory_id == skill_id]
     assert (d.form, d.section) == ("activation", "background")
+
+
+def test_model_words_the_skill_and_later_runs_keep_it(agent: MemOS, local: LocalLLM) -> None:
+    agent.llm = local
+    _three(agent, distil=False)
+    [skill_id] = agent.distil_skills("agent", use_model=True).created
+    skill = agent.get(skill_id)
+    payload = skill.metadata["skill"]
+    # SmolLM2-135M's answers are used only where they pass the checks below
+    assert payload["wording"] in (local.id, "alignment")
+    if payload["wording"] == local.id:
+        assert f"Skill: {payload['name']}." in skill.text and payload["when"] in skill.text
+    assert [s["tool"] for s in payload["steps"]] == ["git_pull", "run_tests", "deploy"]
+    again = agent.distil_skills("agent")  # LLM-free: keeps the model's wording
+    assert again.unchanged == [skill_id]
+
+
+def test_model_answers_are_checked() -> None:
+    assert name_from("- Deploying the web app to staging\n- Deploying ...") == \
+        "Deploying the web app to staging"
+    assert name_from("Deploying: " * 10) is None  # rambling is not a name
+    assert sentence_from("These tasks deploy services to staging. More text") == \
+        "These tasks deploy services to staging."
+    assert sentence_from("deploying a web app to staging: deploying a web app") is None
 
 
 # --- interfaces -------------------------------------------------------------------------

@@ -50,7 +50,7 @@ register_parametric(app, bench_app)
 register_activation(app, bench_app)  # chat, activation, bench ttft
 app.add_typer(graph_app, name="graph")
 bench_app.command("graph")(bench_graph)
-register_skills(app)  # skills record, distil, list, show, find
+register_skills(app, bench_app)  # skills record|distil|list|show|find, bench skills
 
 out = Console()
 err = Console(stderr=True)

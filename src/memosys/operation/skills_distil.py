@@ -251,7 +251,8 @@ def draft_skill(runs: Sequence[Run], failed: Sequence[Run], task_weight: float) 
 
 def skill_text(payload: SkillPayload) -> str:
     """The searchable text of a skill memory, also how it reads in a prompt."""
-    lines = [f"Skill: {payload.name}.", f"Use it for {payload.when}."]
+    when = payload.when  # a model's sentence, or the alignment's 'tasks like "..."'
+    lines = [f"Skill: {payload.name}.", when if when.endswith(".") else f"Use it for {when}."]
     if payload.steps:
         lines.append("Steps: " + " ".join(f"{n}. {s.render()}"
                                           for n, s in enumerate(payload.steps, 1)))
@@ -263,31 +264,35 @@ def skill_text(payload: SkillPayload) -> str:
     return "\n".join(lines)
 
 
-def model_wording(llm: LLM, payload: SkillPayload) -> tuple[str, str] | None:
-    """A short name and a `when` sentence worded by the configured model, or None when its
-    answer is not usable (the alignment's wording is kept then)."""
-    from memosys.errors import MemosysError
-    from memosys.interface.jsonrepair import parse_json
+def model_wording(llm: LLM, payload: SkillPayload) -> tuple[str | None, str | None]:
+    """A short name and a `when` sentence worded by the configured model; either is None
+    when the model's answer is not usable (the alignment's wording is kept for it).
 
-    tasks = "\n".join(f"- {t}" for t in payload.tasks[:5])
-    steps = "; ".join(s.tool for s in payload.steps)
-    prompt = [
-        {"role": "system", "content": "You name procedures. Answer with JSON only."},
-        {"role": "user", "content":
-            f"These tasks were solved with the same tool steps ({steps}):\n{tasks}\n"
-            'Reply as {"name": "<3-6 word name>", "when": "<one sentence: when to use it>"}'},
-    ]
+    Two plain questions rather than one JSON answer: the 135M local model does not write
+    JSON, but names a list of tasks and says what they have in common."""
+    from memosys.errors import MemosysError
+
+    context = "Tasks:\n" + "\n".join(f"- {t}" for t in payload.tasks[:5]) + "\n"
     try:
-        answer = llm.chat(prompt, max_new_tokens=96, temperature=0.0)
-        value = parse_json(answer.text)
+        named = llm.chat([{"role": "user", "content": context + "Name this kind of task in "
+                           "at most four words."}], max_new_tokens=24, temperature=0.0).text
+        when = llm.chat([{"role": "user", "content": context + "What do these tasks have in "
+                          "common? Answer in one short sentence."}],
+                        max_new_tokens=48, temperature=0.0).text
     except MemosysError:
-        return None
-    if not isinstance(value, dict):
-        return None
-    name, when = value.get("name"), value.get("when")
-    if not (isinstance(name, str) and isinstance(when, str)):
-        return None
-    name, when = " ".join(name.split()), " ".join(when.split())
-    if not (2 <= len(name) <= 80 and 5 <= len(when) <= 300):
-        return None
-    return name, when
+        return None, None
+    return name_from(named), sentence_from(when)
+
+
+def name_from(text: str) -> str | None:
+    """The first line of a model's answer as a name, when it is 1-6 words."""
+    line = next((ln for ln in text.strip().splitlines() if ln.strip()), "")
+    name = line.strip().strip("\"'*#:.- ").removeprefix("Name:").strip().rstrip(".")
+    return name if 1 <= len(name.split()) <= 6 and len(name) <= 80 else None
+
+
+def sentence_from(text: str) -> str | None:
+    """The first complete sentence of a model's answer (12-300 characters), else None."""
+    text = " ".join(text.split()).lstrip("-* ")
+    sentence = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0].strip()
+    return sentence if 12 <= len(sentence) <= 300 and sentence[-1] in ".!" else None
