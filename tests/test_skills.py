@@ -14,6 +14,7 @@ import httpx
 import pytest
 from mcp import Client
 
+import memosys
 from live_server import LiveServer
 from memosys.config import Settings
 from memosys.errors import NotFoundError, PermissionDeniedError, ValidationError
@@ -329,6 +330,17 @@ def test_rest_over_http(agent: MemOS) -> None:
         assert none.json() == {"matches": []}
         assert http.get(f"/api/v1/skills/{call.json()['id']}").status_code == 404
         assert "/api/v1/cubes/{cube}/skills/find" in http.get("/openapi.json").json()["paths"]
+
+        client = memosys.Client(base)  # the Python client over the same endpoints
+        assert client.record_tool_call("agent", "weather", {"city": "Bergen"}).tags == [
+            "tool:weather"]
+        assert client.record_trajectory("agent", FOURTH, _steps("notify"), True,
+                                        distil=False).memory_type.value == "trajectory"
+        assert client.distil_skills("agent")["updated"] == [skill_id]  # a fourth run joined
+        assert [m["skill"]["support"] for m in client.find_skills("agent", FOURTH)] == [4]
+        assert client.find_skills("agent", UNRELATED) == []
+        with pytest.raises(ValidationError):
+            client.record_tool_call("agent", "bad name")
 
 
 def test_mcp_tool_round_trip(agent: MemOS) -> None:
