@@ -122,10 +122,11 @@ def test_two_are_not_enough_and_rerun_is_idempotent(agent: MemOS) -> None:
     assert "runs that skipped run_tests failed" in messages
     assert skill.metadata["skill"]["failures"] == 1
 
-    # deleting a source drops the skill under its support: archived, restorable
+    # deleting a source: the skill is not served any more, and a job is queued that
+    # archives it (under its support now; restorable)
     agent.delete(first[0].id)
-    retired = agent.distil_skills("agent")
-    assert retired.retired == created
+    assert agent.find_skills("agent", FOURTH) == []
+    assert agent.scheduler.run_pending() == 1
     assert agent.get(created[0]).state.value == "archived"
     assert agent.find_skills("agent", FOURTH) == []
 

@@ -107,7 +107,7 @@ def record(
                 cube, run.get("task"), run.get("steps"), run.get("success", True),
                 distil=False, **options))  # one distillation at the end, below
         if not no_distil and any(i.metadata["trajectory"]["success"] for i in stored):
-            from memosys.operation.skills import queue_distil
+            from memosys.operation.skills_jobs import queue_distil
 
             queue_distil(mos, stored[0].cube_id)
     if as_json:

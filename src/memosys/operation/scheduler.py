@@ -537,7 +537,7 @@ class MemScheduler:
             if job.kind == EXTRACT_JOB:
                 self.mos.reader.run_job(job)
             elif job.kind == SKILLS_JOB:
-                from memosys.operation.skills import run_distil_job
+                from memosys.operation.skills_jobs import run_distil_job
 
                 run_distil_job(self.mos, job)
             else:

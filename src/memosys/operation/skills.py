@@ -23,16 +23,14 @@ owner.
 from __future__ import annotations
 
 import re
-import threading
-import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from memosys.errors import MemosysError, NotFoundError, ValidationError
-from memosys.infra.vault.base import ItemFilter, Job
+from memosys.errors import NotFoundError, ValidationError
+from memosys.infra.vault.base import ItemFilter
 from memosys.operation.skills_distil import (
     Run,
     SkillDraft,
@@ -42,6 +40,7 @@ from memosys.operation.skills_distil import (
     model_wording,
     skill_text,
 )
+from memosys.operation.skills_jobs import distil_lock, queue_distil
 from memosys.operation.skills_models import (
     MAX_TASK_CHARS,
     SkillPayload,
@@ -61,10 +60,8 @@ from memosys.types import (
 )
 
 if TYPE_CHECKING:
-    from memosys.infra.vault.base import Vault
     from memosys.system import MemOS
 
-DISTIL_JOB = "skills_distil"
 SKILL_TAG = "skill"
 _TRAJECTORY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,51}$")
 _PAGE = 1000
@@ -286,7 +283,7 @@ class SkillMemory:
         # One run per cube at a time in this process (the job and an on-demand call), so
         # two runs never both create the skill of one new cluster. Across processes a
         # duplicate is possible and the next run archives it (the one matched keeps going).
-        with _distil_lock(self.mos.vault, found.id):
+        with distil_lock(self.mos.vault, found.id):
             return self._distil(found.id, support, use_model=use_model, dry_run=dry_run)
 
     def _distil(self, cube_id: str, support: int, *, use_model: bool,
@@ -455,13 +452,31 @@ class SkillMemory:
             if score >= limit:
                 matches.append(SkillMatch(skill, score, best))
         matches.sort(key=lambda m: (-m.score, m.item.id))
-        matches = matches[:top_k]
+        matches = self._fresh(matches)[:top_k]
         self.mos._audit("skills.find", items=[m.item for m in matches],
                         detail={"cubes": len(ids), "skills": len(skills),
                                 "found": len(matches)})
         shown = self.mos._access.present([m.item for m in matches])
         return [SkillMatch(i, m.score, m.matched) for i, m in zip(shown, matches,
                                                                     strict=True)]
+
+    def _fresh(self, matches: list[SkillMatch]) -> list[SkillMatch]:
+        """Matches whose source trajectories are all still active. A distilled skill with a
+        deleted or purged source is left out (a forgotten run never reaches a prompt through
+        a skill) and a distil job is queued to update or retire it."""
+        sources = {i for m in matches if _distilled(m.item) for i in m.item.derived_from}
+        current = self.mos.vault.get_many(sorted(sources)) if sources else {}
+        fresh, stale = [], set()
+        for match in matches:
+            if _distilled(match.item) and any(
+                    i not in current or current[i].state != MemoryState.ACTIVE
+                    for i in match.item.derived_from):
+                stale.add(match.item.cube_id)
+            else:
+                fresh.append(match)
+        for cube_id in sorted(stale):
+            queue_distil(self.mos, cube_id)
+        return fresh
 
     def list(self, cube: str, *, include_retired: bool = False, limit: int = 100,
              offset: int = 0) -> list[MemoryItem]:
@@ -475,51 +490,6 @@ class SkillMemory:
             raise NotFoundError(f"no skill {skill_id!r} (that memory is a "
                                 f"{item.memory_type.value})")
         return item
-
-
-# --- the background job -----------------------------------------------------------------
-_LOCK = threading.Lock()
-_QUEUED: weakref.WeakKeyDictionary[Vault, dict[str, str]] = weakref.WeakKeyDictionary()
-"""Per vault: cube id -> the distil job queued for it, so a burst of trajectories queues
-one job, not one each."""
-
-
-_RUNNING: weakref.WeakKeyDictionary[Vault, dict[str, threading.Lock]] = \
-    weakref.WeakKeyDictionary()
-
-
-def _distil_lock(vault: Vault, cube_id: str) -> threading.Lock:
-    with _LOCK:
-        return _RUNNING.setdefault(vault, {}).setdefault(cube_id, threading.Lock())
-
-
-def queue_distil(mos: MemOS, cube_id: str) -> str:
-    """Queue a ``skills_distil`` job for the cube (unless one is still waiting) and wake the
-    scheduler's worker; returns the job id."""
-    with _LOCK:
-        queued = _QUEUED.setdefault(mos.vault, {})
-        job_id = queued.get(cube_id)
-        if job_id is not None:
-            try:
-                if mos.vault.get_job(job_id).state == "queued":
-                    return job_id
-            except NotFoundError:
-                pass
-        job = mos.vault.enqueue_job(DISTIL_JOB, {}, cube_id)
-        queued[cube_id] = job.id
-    mos.scheduler.notify()
-    return job.id
-
-
-def run_distil_job(mos: MemOS, job: Job) -> None:
-    """Run a claimed ``skills_distil`` job (the scheduler's worker calls this)."""
-    try:
-        report = SkillMemory(mos).distil(job.cube_id or "")
-    except MemosysError as exc:  # e.g. the cube was deleted meanwhile: nothing to retry
-        mos.vault.finish_job(job.id, error=f"{type(exc).__name__}: {exc}")
-        return
-    summary = {k: v for k, v in report.as_dict().items() if k != "skills"}
-    mos.vault.finish_job(job.id, result=summary)
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -551,6 +521,11 @@ def _call_of(item: MemoryItem) -> dict[str, Any]:
     meta = item.metadata
     return {k: meta.get(k) for k in ("tool", "arguments", "result", "success",
                                      "duration_ms", "error")}
+
+
+def _distilled(item: MemoryItem) -> bool:
+    payload = skill_payload(item)
+    return payload is not None and payload.origin == "distilled"
 
 
 def _examples(item: MemoryItem) -> list[str]:
