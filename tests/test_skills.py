@@ -130,6 +130,16 @@ def test_two_are_not_enough_and_rerun_is_idempotent(agent: MemOS) -> None:
     assert agent.get(created[0]).state.value == "archived"
     assert agent.find_skills("agent", FOURTH) == []
 
+    # support regained: the same skill comes back (a new version), not a second one
+    agent.record_trajectory("agent", FOURTH, _steps("notify"), True, distil=False)
+    back = agent.distil_skills("agent")
+    assert back.updated == created and back.created == []
+    assert [s["action"] for s in back.skills] == ["restored"]
+    # a skill a user deleted is not written again for the same trajectories
+    agent.delete(created[0])
+    kept = agent.distil_skills("agent")
+    assert kept.created == [] and [s["action"] for s in kept.skills] == ["kept deleted"]
+
 
 def test_trajectory_from_recorded_tool_calls(agent: MemOS) -> None:
     call = agent.record_tool_call("agent", "weather", {"city": "Oslo"}, "rain, 4°C",

@@ -332,9 +332,13 @@ class MemScheduler:
         """Skills that apply to the query, as the prompt's procedure block. They are usage-
         tracked like retrieved memories, so a skill used in repeated answers unchanged is
         promoted into the stable set (and so into the activation cache)."""
+        from memosys.operation.skills_models import MAX_TASK_CHARS
+
         if self.config.skills_top_k < 1:
             return []
-        matches = view.find_skills(list(cube_ids), query, self.config.skills_top_k)
+        # A long message is looked up by its start: a lookup key, nothing is stored.
+        matches = view.find_skills(list(cube_ids), query[:MAX_TASK_CHARS],
+                                   self.config.skills_top_k)
         self._reheat_promoted([m.item.id for m in matches], now)
         budget = self.config.skill_token_budget
         chosen: list[MemoryItem] = []

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -302,7 +302,11 @@ class SkillMemory:
             runs.setdefault(_partition(item), []).append(Run(
                 item.id, traj.task, traj.success, tuple(traj.steps), vec, traj.outcome))
         existing: dict[tuple[str, str | None], list[MemoryItem]] = {}
-        for item in self._all(access.restrict(_with_type(base, MemoryType.SKILL))):
+        # Archived (retired) skills can come back; deleted ones match so that a skill a
+        # user deleted is not written again for the same trajectories.
+        skills_flt = replace(_with_type(base, MemoryType.SKILL), states=(
+            MemoryState.ACTIVE, MemoryState.ARCHIVED, MemoryState.DELETED))
+        for item in self._all(access.restrict(skills_flt)):
             payload = skill_payload(item)
             if payload is not None and payload.origin == "distilled":
                 existing.setdefault(_partition(item), []).append(item)
@@ -345,7 +349,8 @@ class SkillMemory:
             match = max(
                 (s for s in existing if s.id not in taken
                  and set(s.derived_from) & set(draft.sources)),
-                key=lambda s: (len(set(s.derived_from) & set(draft.sources)), s.id),
+                key=lambda s: (len(set(s.derived_from) & set(draft.sources)),
+                               s.state == MemoryState.ACTIVE, s.id),
                 default=None)
             old = skill_payload(match) if match is not None else None
             if use_model:
@@ -368,7 +373,12 @@ class SkillMemory:
                                       "version": version})
                 continue
             taken.add(match.id)
-            if (old is not None and old.model_dump() == draft.payload.model_dump()
+            if match.state == MemoryState.DELETED:
+                report.skills.append({**entry, "id": match.id, "action": "kept deleted",
+                                      "version": match.version})
+                continue
+            active = match.state == MemoryState.ACTIVE
+            if (active and old is not None and old.model_dump() == draft.payload.model_dump()
                     and sorted(match.derived_from) == draft.sources):
                 report.unchanged.append(match.id)
                 report.skills.append({**entry, "id": match.id, "action": "unchanged",
@@ -378,12 +388,14 @@ class SkillMemory:
             if not report.dry_run:
                 version = self._rewrite(match.id, "skill_update", {
                     "text": skill_text(draft.payload), "derived_from": draft.sources,
-                    "metadata": {**match.metadata, "skill": draft.payload.model_dump()}})
+                    "metadata": {**match.metadata, "skill": draft.payload.model_dump()},
+                    "state": MemoryState.ACTIVE})
             report.updated.append(match.id)
-            report.skills.append({**entry, "id": match.id, "action": "updated",
+            report.skills.append({**entry, "id": match.id,
+                                  "action": "updated" if active else "restored",
                                   "version": version})
         for skill in existing:
-            if skill.id in taken:
+            if skill.id in taken or skill.state != MemoryState.ACTIVE:
                 continue
             payload = skill_payload(skill)
             version = skill.version + 1
@@ -494,8 +506,6 @@ class SkillMemory:
 
 # --- helpers ----------------------------------------------------------------------------
 def _with_type(flt: ItemFilter, memory_type: MemoryType) -> ItemFilter:
-    from dataclasses import replace
-
     return replace(flt, memory_types=(memory_type,))
 
 
