@@ -101,7 +101,7 @@ def test_errors_and_tool_call_records(mos: MemOS) -> None:
 
         record = await _call(client, "record_tool_call", tool="weather",
                              arguments={"city": "Oslo"}, result="rain, 4°C", session="s1")
-        assert record["memory_type"] == "episode" and record["tags"] == ["tool:weather"]
+        assert record["memory_type"] == "tool_call" and record["tags"] == ["tool:weather"]
         hits = (await _call(client, "search_memories", query="what did the weather tool say",
                             tags=["tool:weather"]))["hits"]
         assert hits[0]["memory"]["id"] == record["id"]

@@ -409,6 +409,34 @@ class Client:
     def test_extraction_rules(self, cube: str, text: str) -> dict[str, Any]:
         return dict(self._call("POST", f"/cubes/{_seg(cube)}/extraction/test",
                                json={"text": text}))
+    # --- tool and skill memory (docs/skills.md) -------------------------------------------
+    def record_tool_call(self, cube: str, tool: str, arguments: dict[str, Any] | None = None,
+                         result: Any = None, success: bool = True,
+                         duration_ms: float | None = None, **options: Any) -> MemoryItem:
+        """Options: task, trajectory_id, error, user, agent, session, visibility."""
+        body = {"tool": tool, "arguments": arguments or {}, "result": result,
+                "success": success, "duration_ms": duration_ms, **options}
+        return MemoryItem.model_validate(
+            self._call("POST", f"/cubes/{_seg(cube)}/tool-calls", json=body))
+
+    def record_trajectory(self, cube: str, task: str, steps: Sequence[dict[str, Any]] | None
+                          = None, success: bool = True, **options: Any) -> MemoryItem:
+        """Options: outcome, trajectory_id, distil, user, agent, session, visibility."""
+        body = {"task": task, "steps": None if steps is None else list(steps),
+                "success": success, **options}
+        return MemoryItem.model_validate(
+            self._call("POST", f"/cubes/{_seg(cube)}/trajectories", json=body))
+
+    def distil_skills(self, cube: str, **options: Any) -> dict[str, Any]:
+        """Options: min_support, dry_run, use_model. The distil report as a dict."""
+        return dict(self._call("POST", f"/cubes/{_seg(cube)}/skills/distil", json=options))
+
+    def find_skills(self, cube: str, task: str, top_k: int = 3, *,
+                    threshold: float | None = None) -> list[dict[str, Any]]:
+        """`[{score, matched, skill}]`, best first; empty when no skill applies."""
+        body = {"task": task, "top_k": top_k, "threshold": threshold}
+        return list(self._call("POST", f"/cubes/{_seg(cube)}/skills/find",
+                               json=body)["matches"])
 
 
 def _seg(value: str) -> str:

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from memosys.operation.chat import ChatResult, ChatStream
     from memosys.operation.graph import MemoryGraphAPI
     from memosys.operation.scheduler import MemScheduler
+    from memosys.operation.skills import DistilReport, SkillMatch, SkillMemory
 
 _RETRIES = 12
 MAX_TOP_K = 1000
@@ -775,6 +776,47 @@ class MemOS(GovernanceAPI):
         from memosys.system_extraction import dry_run
 
         return dry_run(self, cube, _text_arg("text", text))
+    # --- tool and skill memory (memosys.operation.skills; docs/skills.md) -------------
+    @property
+    def skills(self) -> SkillMemory:
+        """Tool calls, trajectories and skills of this runtime (or view): record, distil,
+        find, list, get."""
+        from memosys.operation.skills import SkillMemory
+
+        return SkillMemory(self)
+
+    def record_tool_call(
+        self, cube: str, tool: str, arguments: dict[str, Any] | None = None,
+        result: Any = None, success: bool = True, duration_ms: float | None = None,
+        task: str | None = None, trajectory_id: str | None = None, **source: Any,
+    ) -> MemoryItem:
+        """Store one tool call (a `tool_call` memory: tool, arguments, result, success,
+        duration; `error`, `user`, `agent`, `session` as keywords). With `trajectory_id`,
+        `record_trajectory` can later collect it as a step."""
+        return self.skills.record_tool_call(cube, tool, arguments, result, success,
+                                            duration_ms, task=task,
+                                            trajectory_id=trajectory_id, **source)
+
+    def record_trajectory(
+        self, cube: str, task: str, steps: Sequence[Any] | None = None,
+        success: bool = True, **options: Any,
+    ) -> MemoryItem:
+        """Store one agent run for `task` (a `trajectory` memory): `steps` as tool calls
+        ({tool, arguments, result, success, duration_ms, error}), or none to collect the
+        calls recorded with `trajectory_id`. Keywords: outcome, trajectory_id, user, agent,
+        session, distil (default True: a successful run queues a skills_distil job)."""
+        return self.skills.record_trajectory(cube, task, steps, success, **options)
+
+    def distil_skills(self, cube: str, **options: Any) -> DistilReport:
+        """Distil the cube's similar successful trajectories into skill memories
+        (idempotent). Keywords: min_support (3), use_model (False), dry_run (False)."""
+        return self.skills.distil(cube, **options)
+
+    def find_skills(self, cube: str | Sequence[str], task: str, top_k: int = 3,
+                    *, threshold: float | None = None) -> list[SkillMatch]:
+        """Skills that apply to `task`, best first; none when no skill is similar enough
+        (`threshold`, default SkillConfig.find_threshold)."""
+        return self.skills.find(cube, task, top_k, threshold=threshold)
 
 
 def _backoff(attempt: int) -> None:

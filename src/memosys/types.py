@@ -54,6 +54,10 @@ class MemoryType(StrEnum):
     EPISODE = "episode"
     DOCUMENT = "document"
     SKILL = "skill"
+    TOOL_CALL = "tool_call"
+    """One tool call of an agent (tool, arguments, result, success, duration; skills.md)."""
+    TRAJECTORY = "trajectory"
+    """One agent run for a task: its tool calls in order and whether it succeeded."""
 
 
 class Visibility(StrEnum):

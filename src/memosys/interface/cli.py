@@ -37,6 +37,7 @@ from memosys.interface.cli_graph import bench_graph, graph_app
 from memosys.interface.cli_mcp import mcp_command
 from memosys.interface.cli_parametric import register as register_parametric
 from memosys.interface.cli_serve import register as register_serve
+from memosys.interface.cli_skills import register as register_skills
 from memosys.system import SearchFilters
 from memosys.types import MemoryItem
 
@@ -60,6 +61,7 @@ register_activation(app, bench_app)  # chat, activation, bench ttft
 app.add_typer(graph_app, name="graph")
 register_extraction(app)  # extraction show|set|test
 bench_app.command("graph")(bench_graph)
+register_skills(app, bench_app)  # skills record|distil|list|show|find, bench skills
 
 
 @contextmanager

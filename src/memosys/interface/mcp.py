@@ -15,7 +15,6 @@ reaches the client as a tool error whose text starts with the stable error code
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from functools import partial
@@ -27,6 +26,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 
 from memosys.errors import MemosysError
+from memosys.interface.mcp_skills import skill_tools
 from memosys.operation.retrieval import SearchHit
 from memosys.system import MemOS, SearchFilters
 from memosys.types import MemoryItem
@@ -41,7 +41,9 @@ INSTRUCTIONS = (
     "memosys is a long-term memory store. Use search_memories before answering questions "
     "about the user or past work, add_memory to remember durable facts, preferences and "
     "decisions, update_memory to correct one, forget_memory when asked to forget; chat asks "
-    "memosys's own model, which reads memory first. Memories live in named cubes (default: "
+    "memosys's own model, which reads memory first. record_tool_call/record_trajectory "
+    "record what an agent did; find_skills before a multi-step task returns procedures "
+    "learned from earlier successful runs. Memories live in named cubes (default: "
     "'default'). Ids come from search/add results."
 )
 
@@ -222,28 +224,6 @@ def _tools(call: Call[Any]) -> list[tuple[Callable[..., Any], ToolAnnotations]]:
             }
         return await call(ctx, run)
 
-    async def record_tool_call(
-        ctx: Context,
-        tool: str,
-        arguments: dict[str, Any] | None = None,
-        result: str = "",
-        cube: str = "default",
-        session: str | None = None,
-        user: str | None = None,
-    ) -> dict[str, Any]:
-        """Record that an agent called a tool (name, arguments, outcome) as an episode
-        memory, so later searches can recall what was tried and what came of it."""
-        def run(mos: MemOS) -> dict[str, Any]:
-            args = json.dumps(arguments or {}, ensure_ascii=False, sort_keys=True)
-            text = f"tool call {tool}({args})" + (f" -> {result}" if result else "")
-            mos.ensure_cube(cube, owner=user)
-            [item] = mos.add(cube, text, memory_type="episode", tags=[f"tool:{tool}"[:64]],
-                             user=user, session=session,
-                             metadata={"tool": tool, "arguments": arguments or {},
-                                       "result": result, "role": "tool"})
-            return _item(item)
-        return await call(ctx, run)
-
     return [
         (list_cubes, _READ),
         (add_memory, _WRITE),
@@ -254,7 +234,7 @@ def _tools(call: Call[Any]) -> list[tuple[Callable[..., Any], ToolAnnotations]]:
         (memory_history, _READ),
         (rollback_memory, _WRITE),
         (chat, _WRITE),
-        (record_tool_call, _WRITE),
+        *skill_tools(call, _item),  # record_tool_call, record_trajectory, skills (skills.md)
     ]
 
 

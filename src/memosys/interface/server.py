@@ -103,6 +103,9 @@ def create_app(mos: MemOS, config: ServerConfig | None = None) -> FastAPI:
     from memosys.interface.rest_extraction import router as extraction_router
 
     app.include_router(extraction_router)
+    from memosys.interface.rest_skills import router as skills_router
+
+    app.include_router(skills_router)
     mount_ui(app)
     # The last added runs outermost: metrics see every response (a 413 included), and the
     # size limit runs before anything reads the body.

@@ -36,6 +36,7 @@ SECTION_TITLES: dict[str, str] = {
     "rules": "Rules to follow:",
     "background": "Background you know:",
     "retrieved": "Things you remember about the user from earlier conversations:",
+    "procedure": "Procedures that worked before for tasks like this one:",
 }
 
 STABLE_SECTIONS = ("persona", "rules", "background")
@@ -80,5 +81,8 @@ def stable_text(base_system: str, sections: dict[str, Sequence[MemoryItem]]) -> 
 
 
 def system_message(stable: str, retrieved: Sequence[MemoryItem]) -> str:
-    """The whole system message: the stable part, then the query-specific memories."""
-    return stable + render_section("retrieved", retrieved)
+    """The whole system message: the stable part, then the query-specific memories (skills
+    found for the query as the procedure block, after the rest)."""
+    skills = [i for i in retrieved if i.memory_type == MemoryType.SKILL]
+    others = [i for i in retrieved if i.memory_type != MemoryType.SKILL]
+    return stable + render_section("retrieved", others) + render_section("procedure", skills)

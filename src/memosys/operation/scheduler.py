@@ -66,6 +66,8 @@ log = logging.getLogger(__name__)
 
 BUILD_JOB = "activation_build"
 EXTRACT_JOB = "extract"
+SKILLS_JOB = "skills_distil"
+"""memosys.operation.skills: distil skills after new successful trajectories."""
 Form = Literal["activation", "plaintext", "parametric", "skipped"]
 SWEEP_EVERY_S = 5.0
 
@@ -95,6 +97,9 @@ class SchedulerConfig:
     """Disk budget of activation caches (all cubes)."""
     memory_mb: float = 512.0
     history: int = 500
+    skill_token_budget: int = 384
+    """Prompt tokens for skills found for the query (the procedure block; docs/skills.md)."""
+    skills_top_k: int = 1
     clock: Callable[[], float] = time.time
 
 
@@ -294,6 +299,8 @@ class MemScheduler:
                 continue
             if len(retrieved) >= cfg.top_k:
                 break
+            if item.memory_type == MemoryType.SKILL:
+                continue  # skills enter as procedures, chosen by _procedures below
             if not self._relevant(hit):
                 cosine = hit.scores.get("vector", 0.0)
                 record.decisions.append(_decision(
@@ -312,10 +319,45 @@ class MemScheduler:
             record.decisions.append(_decision(
                 item, "plaintext", "retrieved",
                 f"retrieved for this query: rank {rank} of {len(hits)}", tokens, hit.score))
+        retrieved += self._procedures(view, query, cube_ids, stable_ids, record, now,
+                                      count_tokens)
         with self._lock:
             self._history.append(record)  # visible at once; after_answer adds its events
         adapters = para.selection() if para is not None else None
         return Plan(record, stable, retrieved, chosen_stable, activation, adapters)
+
+    def _procedures(self, view: MemOS, query: str, cube_ids: Sequence[str],
+                    stable_ids: set[str], record: SchedulingRecord, now: float,
+                    count_tokens: Callable[[str], int]) -> list[MemoryItem]:
+        """Skills that apply to the query, as the prompt's procedure block. They are usage-
+        tracked like retrieved memories, so a skill used in repeated answers unchanged is
+        promoted into the stable set (and so into the activation cache)."""
+        from memosys.operation.skills_models import MAX_TASK_CHARS
+
+        if self.config.skills_top_k < 1:
+            return []
+        # A long message is looked up by its start: a lookup key, nothing is stored.
+        matches = view.find_skills(list(cube_ids), query[:MAX_TASK_CHARS],
+                                   self.config.skills_top_k)
+        self._reheat_promoted([m.item.id for m in matches], now)
+        budget = self.config.skill_token_budget
+        chosen: list[MemoryItem] = []
+        for match in matches:
+            item = match.item
+            if item.id in stable_ids:
+                continue  # promoted: already in the stable set
+            why = f"skill for this task: similarity {match.score:.2f} to {match.matched!r}"
+            tokens = count_tokens(render_memory(item) + "\n")
+            if tokens > budget:
+                record.decisions.append(_decision(item, "skipped", "procedure",
+                                                  f"{why}; skill token budget full", tokens,
+                                                  match.score))
+                continue
+            budget -= tokens
+            chosen.append(item)
+            record.decisions.append(_decision(item, "plaintext", "procedure", why, tokens,
+                                              match.score))
+        return chosen
 
     def _stable_candidates(
         self, view: MemOS, cube_ids: Sequence[str], record: SchedulingRecord, now: float
@@ -488,8 +530,9 @@ class MemScheduler:
                 self._wake.clear()
 
     def run_pending(self, max_jobs: int | None = None,
-                    kinds: Sequence[str] = (BUILD_JOB, EXTRACT_JOB)) -> int:
-        """Run queued jobs (cache builds, extractions) now; returns how many ran."""
+                    kinds: Sequence[str] = (BUILD_JOB, EXTRACT_JOB, SKILLS_JOB)) -> int:
+        """Run queued jobs (cache builds, extractions, skill distillation) now; returns how
+        many ran."""
         done = 0
         while max_jobs is None or done < max_jobs:
             job = self.mos.vault.claim_job(list(kinds), lease_seconds=600.0)
@@ -497,6 +540,10 @@ class MemScheduler:
                 break
             if job.kind == EXTRACT_JOB:
                 self.mos.reader.run_job(job)
+            elif job.kind == SKILLS_JOB:
+                from memosys.operation.skills_jobs import run_distil_job
+
+                run_distil_job(self.mos, job)
             else:
                 self._run_build(job)
             done += 1

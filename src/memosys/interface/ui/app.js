@@ -5,7 +5,7 @@
   const API = "/api/v1";
   const PAGE = 50;
   const STATES = ["active", "archived", "superseded", "invalidated", "deleted"];
-  const TYPES = ["fact", "preference", "event", "rule", "persona", "episode", "document", "skill"];
+  const TYPES = ["fact", "preference", "event", "rule", "persona", "episode", "document", "skill", "tool_call", "trajectory"];
   const $ = (id) => document.getElementById(id);
   const state = { cube: null, cubes: [], offset: 0, nextOffset: null, memory: null, history: [] };
 
