@@ -23,6 +23,7 @@ _ENV = {
     "llm_cache_dir": "MEMOSYS_LLM_CACHE_DIR",
     "graph": "MEMOSYS_GRAPH",
     "graph_search": "MEMOSYS_GRAPH_SEARCH",
+    "consolidate_every_s": "MEMOSYS_CONSOLIDATE_EVERY_S",
 }
 
 
@@ -51,6 +52,9 @@ class Settings:
     """Keep the semantic graph (entities, relations) current as memories are written."""
     graph_search: bool = False
     """Add the graph stage to retrieval (docs/graph.md: measured, off by default)."""
+    consolidate_every_s: float = 0.0
+    """Queue a consolidation run for each changed cube this often, on the scheduler's
+    worker (docs/consolidation.md); 0: only on demand."""
 
     @property
     def sqlite_path(self) -> Path:
@@ -87,6 +91,13 @@ class Settings:
                 values["ann_threshold"] = int(values["ann_threshold"])
         except ValueError:
             raise ValidationError("ann_threshold must be an integer") from None
+        if "consolidate_every_s" in values:
+            try:
+                values["consolidate_every_s"] = float(values["consolidate_every_s"])
+            except (TypeError, ValueError):
+                raise ValidationError("consolidate_every_s must be a number") from None
+            if values["consolidate_every_s"] < 0:
+                raise ValidationError("consolidate_every_s must not be negative")
         if values.get("retrieval", "pipeline") not in ("pipeline", "hybrid", "conversational"):
             raise ValidationError("retrieval must be 'pipeline' or 'hybrid'")
         for flag in ("graph", "graph_search"):

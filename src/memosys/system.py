@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     from memosys.memories.parametric import ParametricMemory
     from memosys.models.llm import LLM
     from memosys.operation.chat import ChatResult, ChatStream
+    from memosys.operation.consolidate import ConsolidationRun
+    from memosys.operation.consolidate_plan import ConsolidationConfig
     from memosys.operation.graph import MemoryGraphAPI
     from memosys.operation.scheduler import MemScheduler
 
@@ -740,6 +742,28 @@ class MemOS(GovernanceAPI):
         from memosys.operation.graph import MemoryGraphAPI
 
         return MemoryGraphAPI(self)
+
+    # --- consolidation (memosys.operation.consolidate; docs/consolidation.md) ----------
+    def consolidate(self, cube: str, dry_run: bool = False, *,
+                    config: ConsolidationConfig | dict[str, Any] | None = None,
+                    wait: bool = True) -> ConsolidationRun:
+        """Merge near-duplicates, synthesise profiles and topic summaries, queue
+        contradictions for review; returns the run (id, plan, changes). `dry_run`: plan
+        only. `wait=False`: queue the run for the scheduler's worker."""
+        from memosys.operation.consolidate import Consolidator
+
+        return Consolidator(self).run(cube, dry_run=dry_run, config=config, wait=wait)
+
+    def consolidation_run(self, run_id: str) -> ConsolidationRun:
+        from memosys.operation.consolidate import Consolidator
+
+        return Consolidator(self).get_run(run_id)
+
+    def rollback_consolidation(self, run_id: str) -> ConsolidationRun:
+        """Undo a whole consolidation run as one unit (one atomic commit)."""
+        from memosys.operation.consolidate import Consolidator
+
+        return Consolidator(self).rollback(run_id)
 
 
 def _backoff(attempt: int) -> None:

@@ -20,6 +20,7 @@ from rich.table import Table
 
 from memosys.errors import MemosysError, ValidationError
 from memosys.interface.cli_activation import register as register_activation
+from memosys.interface.cli_consolidate import register as register_consolidate
 from memosys.interface.cli_db import db_app
 from memosys.interface.cli_exchange import register as register_exchange
 from memosys.interface.cli_governance import register, runtime
@@ -47,6 +48,7 @@ register_serve(app, bench_app)
 register(app, bench_app)  # users, keys, share, acl, policy, audit, lifecycle, review, ...
 register_parametric(app, bench_app)
 register_activation(app, bench_app)  # chat, activation, bench ttft
+register_consolidate(app, bench_app)  # consolidate, bench consolidate
 app.add_typer(graph_app, name="graph")
 bench_app.command("graph")(bench_graph)
 
