@@ -759,6 +759,13 @@ class MemOS(GovernanceAPI):
 
         return Consolidator(self).get_run(run_id)
 
+    def consolidation_stale(self, cube: str) -> list[tuple[MemoryItem, str]]:
+        """Synthesised memories whose sources changed since they were written, with why
+        (flagged: the next consolidation run regenerates them)."""
+        from memosys.operation.consolidate import Consolidator
+
+        return Consolidator(self).stale(cube)
+
     def rollback_consolidation(self, run_id: str) -> ConsolidationRun:
         """Undo a whole consolidation run as one unit (one atomic commit)."""
         from memosys.operation.consolidate import Consolidator

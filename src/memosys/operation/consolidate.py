@@ -86,6 +86,8 @@ class ConsolidationRun:
     rolled_back_at: str | None = None
     rollback_changes: list[Change] = field(default_factory=list)
     error: str | None = None
+    clock_after: int | None = None
+    """The cube's clock once the run's writes landed (the schedule's "changed since")."""
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -166,6 +168,7 @@ class Consolidator:
                             detail={"run": run_id, "dry_run": dry_run})
             raise
         run.seconds = round(time.perf_counter() - start, 3)
+        run.clock_after = self.mos.vault.get_cube(found.id).clock
         self.mos.vault.finish_job(run_id, result=run.as_dict())
         self.mos._audit("consolidate", cube_id=found.id,
                         items=[(c.item_id, c.after) for c in run.changes],
@@ -432,25 +435,35 @@ def run_queued(mos: MemOS, job: Job) -> None:
         mos.vault.finish_job(job.id, error=f"{type(exc).__name__}: {exc}")
 
 
-def queue_due(mos: MemOS, last: dict[str, tuple[float, int]], now: float | None = None
-              ) -> list[str]:
+def queue_due(mos: MemOS, last: dict[str, tuple[float, int, str]],
+              now: float | None = None) -> list[str]:
     """The schedule (``settings.consolidate_every_s``; 0 = off): queue a run for every cube
-    that changed since its last scheduled run and whose last run is that old. `last` is the
-    scheduler's memory of cube id -> (time, cube clock) of its last scheduled run."""
+    whose last scheduled run is that old, has finished, and which changed since (its clock
+    moved past the clock that run left). `last`: the scheduler's cube id -> (time queued,
+    cube clock then, job id) of its last scheduled run."""
     every = float(getattr(mos.settings, "consolidate_every_s", 0) or 0)
     if every <= 0:
         return []
     now = time.time() if now is None else now
     queued = []
     for cube in mos.vault.list_cubes():
-        at, clock = last.get(cube.id, (float("-inf"), -1))
-        if now - at < every or cube.clock == clock:
-            continue
+        if cube.id in last:
+            at, clock, job_id = last[cube.id]
+            if now - at < every:
+                continue
+            try:
+                job = mos.vault.get_job(job_id)
+            except NotFoundError:
+                job = None
+            if job is not None and job.state in ("queued", "running"):
+                continue
+            if job is not None and job.result and job.result.get("clock_after") is not None:
+                clock = int(job.result["clock_after"])
+            if cube.clock == clock:
+                continue
         job = mos.vault.enqueue_job(QUEUED_JOB, {"config": {}, "dry_run": False,
                                                  "actor": _principal_dict(mos.actor),
                                                  "scheduled": True}, cube.id)
-        # the run's own writes advance the clock once more; count them as seen
-        last[cube.id] = (now, cube.clock + 1)
+        last[cube.id] = (now, cube.clock, job.id)
         queued.append(job.id)
     return queued
-

@@ -182,7 +182,7 @@ class MemScheduler:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
-        self._consolidated: dict[str, tuple[float, int]] = {}  # the consolidation schedule
+        self._consolidated: dict[str, tuple[float, int, str]] = {}  # the consolidation schedule
 
     # --- activation store ---------------------------------------------------------------
     def activation_store(self, llm: LocalLLM) -> ActivationStore:
