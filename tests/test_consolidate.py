@@ -284,3 +284,24 @@ def test_bench_writes_the_json_shape(tmp_path: Path, embedder) -> None:
     assert set(report["before"]) == set(report["after"]) == {"memories", "recall@10"}
     assert isinstance(report["seconds"], float)
     assert report["after"]["recall@10"] >= report["before"]["recall@10"]
+
+
+def test_profile_written_by_the_local_model(mos: MemOS, local) -> None:
+    """synthesis="llm": the bound model (the session's SmolLM2) writes the profile from the
+    most central statements; provenance is the same as without a model."""
+    from memosys.operation.consolidate_synth import Group, extractive_text
+
+    mos.llm = local
+    mos.create_cube("m")
+    facts = [_add(mos, "m", t, user="bob") for t in (
+        "Bob works as a nurse at the city hospital",
+        "Bob prefers tea over coffee in the morning",
+        "Bob plays the cello in a community orchestra")]
+    cfg = ConsolidationConfig(synthesis="llm")
+    mos.consolidate("m", config=cfg)
+    [profile] = _profiles(mos, "m")
+    assert profile.metadata[SYNTH_KEY]["method"] == "llm"
+    assert set(profile.derived_from) == {f.id for f in facts}
+    assert profile.text.startswith("Profile of bob (from 3 memories).")
+    plain = extractive_text(Group("profile", "profile:bob", "bob", ()), facts, cfg)
+    assert profile.text != plain and len(profile.text) > len("Profile of bob (from 3 memories).")

@@ -148,15 +148,13 @@ def extractive_text(group: Group, members: Sequence[MemoryItem],
 
 def llm_text(llm: LLM, group: Group, members: Sequence[MemoryItem],
              cfg: ConsolidationConfig) -> str | None:
-    from memosys.models.llm import Message
-
     chosen = central(members, cfg.max_summary_items, content_words(group.label))
     what = (f"a short profile of {group.label}" if group.kind == "profile"
             else f"a short summary of the topic {group.label!r}")
     facts = "\n".join(f"- {_sentence(m.text)}" for m in chosen)
     answer = llm.chat([
-        Message(role="system", content="You condense notes faithfully. Use only the notes."),
-        Message(role="user", content=f"Notes:\n{facts}\n\nWrite {what} in 2-4 sentences."),
+        {"role": "system", "content": "You condense notes faithfully. Use only the notes."},
+        {"role": "user", "content": f"Notes:\n{facts}\n\nWrite {what} in 2-4 sentences."},
     ], max_new_tokens=160).text.strip()
     if not answer:
         return None
