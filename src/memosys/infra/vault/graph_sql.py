@@ -53,6 +53,10 @@ class GraphDB(ABC):
     def any_of(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         """`column IN (...)` for at most 500 values, in this dialect."""
 
+    @abstractmethod
+    def vectors(self, ids: Sequence[str]) -> dict[str, Any]:
+        """The stored embeddings of these memories (numpy float32), for the topic index."""
+
     def lock_cube(self, cube_id: str) -> bool:
         """Serialise with the cube's writers (SQLite's write lock already does); False if
         there is no such cube."""
