@@ -31,6 +31,10 @@ from memosys.infra.vault.graph_base import (
 from memosys.types import MemoryItem, MemoryState, new_id
 
 MAX_HOPS = 4
+HUB_DEGREE = 50
+"""Default degree cut-off of walks: an entity with more RELATION edges than this (in a
+chat, the speakers; in a big cube, every popular place) is reached but not walked
+through, so two hops stay a neighbourhood rather than the whole graph."""
 _CHUNK = 500
 
 
@@ -600,12 +604,31 @@ class SQLGraph(GraphStore):
         return out
 
     @staticmethod
-    def _walk(db: GraphDB, cube_id: str, start: str, hops: int) -> dict[str, int]:
+    def _hubs(db: GraphDB, cube_id: str, max_degree: int | None) -> set[str]:
+        """Entities of the cube with more than `max_degree` RELATION edges."""
+        if max_degree is None:
+            return set()
+        return {r[0] for r in db.rows(
+            "SELECT x FROM (SELECT subject_id AS x FROM graph_relations WHERE cube_id = ? "
+            "UNION ALL SELECT object_id AS x FROM graph_relations WHERE cube_id = ?) d "
+            "GROUP BY x HAVING count(*) > ?", (cube_id, cube_id, int(max_degree)))}
+
+    @staticmethod
+    def _walk(db: GraphDB, cube_id: str, start: str, hops: int,
+              max_degree: int | None = None) -> dict[str, int]:
         """Hop distance of every entity within `hops` RELATION edges (either direction),
-        by a recursive query; (entity, hops) pairs are kept once, so hubs cannot make the
-        walk explode into every path."""
+        by a recursive query; (entity, hops) pairs are kept once, and entities of more
+        than `max_degree` edges (hubs) are reached but not walked through (the start
+        always is), so the walk stays bounded."""
+        cut = "" if max_degree is None else (
+            " AND (walk.hops = 0 OR walk.id NOT IN (SELECT x FROM hubs))")
+        hubs = "" if max_degree is None else (
+            "hubs(x) AS (SELECT x FROM (SELECT subject_id AS x FROM graph_relations WHERE "
+            "cube_id = ? UNION ALL SELECT object_id AS x FROM graph_relations WHERE "
+            "cube_id = ?) d GROUP BY x HAVING count(*) > ?), ")
+        params: list[Any] = [] if max_degree is None else [cube_id, cube_id, int(max_degree)]
         rows = db.rows(
-            "WITH RECURSIVE walk(id, hops) AS ("
+            f"WITH RECURSIVE {hubs}walk(id, hops) AS ("
             " SELECT CAST(? AS TEXT), 0"
             " UNION"
             " SELECT e.b, walk.hops + 1 FROM walk JOIN ("
@@ -613,10 +636,25 @@ class SQLGraph(GraphStore):
             "  SELECT subject_id AS a, object_id AS b FROM graph_relations WHERE cube_id = ?"
             "  UNION ALL"
             "  SELECT object_id AS a, subject_id AS b FROM graph_relations WHERE cube_id = ?"
-            " ) e ON e.a = walk.id WHERE walk.hops < ?)"
+            f" ) e ON e.a = walk.id WHERE walk.hops < ?{cut})"
             " SELECT id, min(hops) FROM walk GROUP BY id",
-            (start, cube_id, cube_id, int(hops)))
+            (*params, start, cube_id, cube_id, int(hops)))
         return {eid: int(n) for eid, n in rows}
+
+    def graph_degrees(self, cube_id: str, entity_ids: Sequence[str]) -> dict[str, int]:
+        """RELATION edges (either direction) of each entity."""
+        out = {eid: 0 for eid in entity_ids}
+        with self._graph_read() as db:
+            for chunk in _chunks(sorted(set(entity_ids))):
+                w1, p1 = db.any_of("subject_id", chunk)
+                w2, p2 = db.any_of("object_id", chunk)
+                for eid, n in db.rows(
+                        f"SELECT x, count(*) FROM (SELECT subject_id AS x FROM graph_relations "
+                        f"WHERE cube_id = ? AND {w1} UNION ALL SELECT object_id AS x FROM "
+                        f"graph_relations WHERE cube_id = ? AND {w2}) d GROUP BY x",
+                        (cube_id, *p1, cube_id, *p2)):
+                    out[eid] = int(n)
+        return out
 
     @staticmethod
     def _edges_of(db: GraphDB, cube_id: str, ids: Sequence[str]
@@ -631,19 +669,26 @@ class SQLGraph(GraphStore):
         return out
 
     def graph_neighbours(self, cube_id: str, entity_id: str, *, hops: int = 1,
-                         limit: int = 50, co_mentions: bool = True) -> list[Neighbour]:
+                         limit: int = 50, co_mentions: bool = True,
+                         max_degree: int | None = HUB_DEGREE) -> list[Neighbour]:
         if not 1 <= hops <= MAX_HOPS:
             raise ValidationError(f"hops must be between 1 and {MAX_HOPS}, got {hops}")
+        if max_degree is not None and max_degree < 1:
+            raise ValidationError("max_degree must be at least 1 (or None: no cut-off)")
         best: dict[str, tuple[int, float, str]] = {}
         with self._graph_read() as db:
-            dist = self._walk(db, cube_id, entity_id, hops)
+            dist = self._walk(db, cube_id, entity_id, hops, max_degree)
+            hubs = self._hubs(db, cube_id, max_degree) - {entity_id}
             weight = {entity_id: 1.0}
             for layer in range(1, hops + 1):
                 nodes = [e for e, n in dist.items() if n == layer]
                 if not nodes:
                     break
                 at_layer = set(nodes)
-                for s, p, o, conf in self._edges_of(db, cube_id, nodes):
+                # the edges of the layer before (hubs there were not walked through): a
+                # bounded set, where the edges of this layer's hubs would not be
+                walked = [e for e, n in dist.items() if n == layer - 1 and e not in hubs]
+                for s, p, o, conf in self._edges_of(db, cube_id, walked):
                     for near, far in ((s, o), (o, s)):
                         if far in at_layer and dist.get(near) == layer - 1 and near in weight:
                             w = weight[near] * conf
@@ -671,11 +716,12 @@ class SQLGraph(GraphStore):
                 if eid in entities]
 
     def graph_path(self, cube_id: str, source_id: str, target_id: str, *,
-                   max_hops: int = MAX_HOPS) -> list[tuple[Entity, str]] | None:
+                   max_hops: int = MAX_HOPS, max_degree: int | None = None
+                   ) -> list[tuple[Entity, str]] | None:
         if not 1 <= max_hops <= MAX_HOPS:
             raise ValidationError(f"max_hops must be between 1 and {MAX_HOPS}")
         with self._graph_read() as db:
-            dist = self._walk(db, cube_id, source_id, max_hops)
+            dist = self._walk(db, cube_id, source_id, max_hops, max_degree)
             if target_id not in dist:
                 return None
             # Walk back from the target, one layer nearer the source each step (the most
