@@ -157,7 +157,11 @@ class MemoryGraphAPI:
         entity = self._entity(cube_id, name)
         ids = self.store.graph_mentioning([entity.id], limit=limit)[entity.id]
         found = self.mos.vault.get_many(ids)
-        return [found[i] for i in ids if i in found]
+        # as the actor may see them: no one else's private memories, sensitive text masked
+        access = self.mos._access
+        cube = self.mos.vault.get_cube(cube_id)
+        return access.present([found[i] for i in ids if i in found
+                               and access.can_see(found[i], cube)])
 
     def page(self, cube: str, name: str, *, limit: int = 20) -> EntityPage:
         cube_id = self._cube(cube)
