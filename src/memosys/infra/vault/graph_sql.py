@@ -568,7 +568,9 @@ class SQLGraph(GraphStore):
                         predicate: str | None = None) -> list[Relation]:
         clauses, params = ["r.cube_id = ?"], [cube_id]
         if entity_id is not None:
-            clauses.append("(r.subject_id = ? OR r.object_id = ?)")
+            # two indexed arms: with an OR, SQLite's planner scans the cube's relations
+            clauses.append("r.id IN (SELECT id FROM graph_relations WHERE subject_id = ? "
+                           "UNION ALL SELECT id FROM graph_relations WHERE object_id = ?)")
             params.extend([entity_id, entity_id])
         if predicate is not None:
             clauses.append("r.predicate = ?")
@@ -604,69 +606,60 @@ class SQLGraph(GraphStore):
         return out
 
     @staticmethod
-    def _hubs(db: GraphDB, cube_id: str, max_degree: int | None) -> set[str]:
-        """Entities of the cube with more than `max_degree` RELATION edges."""
-        if max_degree is None:
-            return set()
-        return {r[0] for r in db.rows(
-            "SELECT x FROM (SELECT subject_id AS x FROM graph_relations WHERE cube_id = ? "
-            "UNION ALL SELECT object_id AS x FROM graph_relations WHERE cube_id = ?) d "
-            "GROUP BY x HAVING count(*) > ?", (cube_id, cube_id, int(max_degree)))}
-
-    @staticmethod
     def _walk(db: GraphDB, cube_id: str, start: str, hops: int,
               max_degree: int | None = None) -> dict[str, int]:
         """Hop distance of every entity within `hops` RELATION edges (either direction),
         by a recursive query; (entity, hops) pairs are kept once, and entities of more
         than `max_degree` edges (hubs) are reached but not walked through (the start
-        always is), so the walk stays bounded."""
-        cut = "" if max_degree is None else (
-            " AND (walk.hops = 0 OR walk.id NOT IN (SELECT x FROM hubs))")
-        hubs = "" if max_degree is None else (
-            "hubs(x) AS (SELECT x FROM (SELECT subject_id AS x FROM graph_relations WHERE "
-            "cube_id = ? UNION ALL SELECT object_id AS x FROM graph_relations WHERE "
-            "cube_id = ?) d GROUP BY x HAVING count(*) > ?), ")
-        params: list[Any] = [] if max_degree is None else [cube_id, cube_id, int(max_degree)]
+        always is), so the walk stays bounded. Entity ids belong to one cube, so the
+        joins go by the subject and object indexes alone."""
+        cut, params = "", [start, cube_id, int(hops)]
+        if max_degree is not None:
+            cut = (" AND (walk.hops = 0 OR (SELECT count(*) FROM graph_relations h WHERE "
+                   "h.subject_id = walk.id) + (SELECT count(*) FROM graph_relations h WHERE "
+                   "h.object_id = walk.id) <= ?)")
+            params.append(int(max_degree))
         rows = db.rows(
-            f"WITH RECURSIVE {hubs}walk(id, hops) AS ("
-            " SELECT CAST(? AS TEXT), 0"
+            "WITH RECURSIVE walk(id, hops) AS ("
+            " SELECT id, 0 FROM graph_entities WHERE id = ? AND cube_id = ?"
             " UNION"
-            " SELECT e.b, walk.hops + 1 FROM walk JOIN ("
-            # both directions as two indexed arms (an OR join would scan every relation)
-            "  SELECT subject_id AS a, object_id AS b FROM graph_relations WHERE cube_id = ?"
-            "  UNION ALL"
-            "  SELECT object_id AS a, subject_id AS b FROM graph_relations WHERE cube_id = ?"
-            f" ) e ON e.a = walk.id WHERE walk.hops < ?{cut})"
-            " SELECT id, min(hops) FROM walk GROUP BY id",
-            (*params, start, cube_id, cube_id, int(hops)))
+            " SELECT CASE WHEN r.subject_id = walk.id THEN r.object_id ELSE r.subject_id END,"
+            " walk.hops + 1 FROM walk JOIN graph_relations r"
+            " ON r.subject_id = walk.id OR r.object_id = walk.id"
+            f" WHERE walk.hops < ?{cut})"
+            " SELECT id, min(hops) FROM walk GROUP BY id", params)
         return {eid: int(n) for eid, n in rows}
 
     def graph_degrees(self, cube_id: str, entity_ids: Sequence[str]) -> dict[str, int]:
         """RELATION edges (either direction) of each entity."""
-        out = {eid: 0 for eid in entity_ids}
         with self._graph_read() as db:
-            for chunk in _chunks(sorted(set(entity_ids))):
-                w1, p1 = db.any_of("subject_id", chunk)
-                w2, p2 = db.any_of("object_id", chunk)
-                for eid, n in db.rows(
-                        f"SELECT x, count(*) FROM (SELECT subject_id AS x FROM graph_relations "
-                        f"WHERE cube_id = ? AND {w1} UNION ALL SELECT object_id AS x FROM "
-                        f"graph_relations WHERE cube_id = ? AND {w2}) d GROUP BY x",
-                        (cube_id, *p1, cube_id, *p2)):
-                    out[eid] = int(n)
+            return self._degrees(db, entity_ids)
+
+    @staticmethod
+    def _degrees(db: GraphDB, entity_ids: Sequence[str]) -> dict[str, int]:
+        out = {eid: 0 for eid in entity_ids}
+        for chunk in _chunks(sorted(set(entity_ids))):
+            w1, p1 = db.any_of("subject_id", chunk)
+            w2, p2 = db.any_of("object_id", chunk)
+            for eid, n in db.rows(
+                    f"SELECT x, count(*) FROM (SELECT subject_id AS x FROM graph_relations "
+                    f"WHERE {w1} UNION ALL SELECT object_id AS x FROM "
+                    f"graph_relations WHERE {w2}) d GROUP BY x", (*p1, *p2)):
+                out[eid] = int(n)
         return out
 
     @staticmethod
     def _edges_of(db: GraphDB, cube_id: str, ids: Sequence[str]
                   ) -> list[tuple[str, str, str, float]]:
-        out: list[tuple[str, str, str, float]] = []
+        # Entity ids belong to one cube; each arm uses its own index (subject, object).
+        found: dict[str, tuple[str, str, str, float]] = {}
         for chunk in _chunks(sorted(ids)):
-            w1, p1 = db.any_of("subject_id", chunk)
-            w2, p2 = db.any_of("object_id", chunk)
-            out.extend((r[0], r[1], r[2], float(r[3])) for r in db.rows(
-                "SELECT subject_id, predicate, object_id, confidence FROM graph_relations "
-                f"WHERE cube_id = ? AND ({w1} OR {w2}) ORDER BY id", (cube_id, *p1, *p2)))
-        return out
+            for column in ("subject_id", "object_id"):
+                where, params = db.any_of(column, chunk)
+                for r in db.rows("SELECT id, subject_id, predicate, object_id, confidence "
+                                 f"FROM graph_relations WHERE {where}", params):
+                    found[r[0]] = (r[1], r[2], r[3], float(r[4]))
+        return [found[k] for k in sorted(found)]
 
     def graph_neighbours(self, cube_id: str, entity_id: str, *, hops: int = 1,
                          limit: int = 50, co_mentions: bool = True,
@@ -678,7 +671,6 @@ class SQLGraph(GraphStore):
         best: dict[str, tuple[int, float, str]] = {}
         with self._graph_read() as db:
             dist = self._walk(db, cube_id, entity_id, hops, max_degree)
-            hubs = self._hubs(db, cube_id, max_degree) - {entity_id}
             weight = {entity_id: 1.0}
             for layer in range(1, hops + 1):
                 nodes = [e for e, n in dist.items() if n == layer]
@@ -687,7 +679,10 @@ class SQLGraph(GraphStore):
                 at_layer = set(nodes)
                 # the edges of the layer before (hubs there were not walked through): a
                 # bounded set, where the edges of this layer's hubs would not be
-                walked = [e for e, n in dist.items() if n == layer - 1 and e not in hubs]
+                walked = [e for e, n in dist.items() if n == layer - 1]
+                if max_degree is not None and layer > 1:
+                    degree = self._degrees(db, walked)
+                    walked = [e for e in walked if degree[e] <= max_degree]
                 for s, p, o, conf in self._edges_of(db, cube_id, walked):
                     for near, far in ((s, o), (o, s)):
                         if far in at_layer and dist.get(near) == layer - 1 and near in weight:
