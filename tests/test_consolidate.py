@@ -136,17 +136,28 @@ def test_synthesised_profile_links_its_sources_and_is_updated_when_a_source_chan
     assert [a for a in idle.plan if a.kind == "profile"] == [] and idle.changes == []
 
 
-def test_topic_summaries_group_memories_by_topic(mos: MemOS) -> None:
-    mos.create_cube("t")
-    trip = [_add(mos, "t", t, tags=["travel"]) for t in (
-        "The flight to Lisbon leaves at 7am", "We booked a hotel near the river in Lisbon",
-        "The Lisbon museum pass covers three days")]
-    _add(mos, "t", "The quarterly report is due Friday", tags=["work"])
-    mos.consolidate("t")
-    summaries = [i for i in mos.list("t", limit=100)
-                 if (i.metadata.get(SYNTH_KEY) or {}).get("kind") == "topic"]
-    assert len(summaries) == 1 and set(summaries[0].derived_from) == {t.id for t in trip}
-    assert "travel" in summaries[0].text and "quarterly" not in summaries[0].text
+@pytest.mark.parametrize("topics", [True, False], ids=["topic-index", "tags"])
+def test_topic_summaries_group_memories_by_topic(home: Path, embedder, topics: bool) -> None:
+    """One summary per topic: from the topic index (`MemOS.topics`), or without it from
+    memories sharing a tag."""
+    with MemOS(Settings.load(home, topics=topics), embedder=embedder) as mos:
+        mos.create_cube("t")
+        trip = [_add(mos, "t", t, tags=["travel"]) for t in (
+            "The flight to Lisbon leaves at 7am", "We booked a hotel near the river in Lisbon",
+            "The Lisbon museum pass covers three days")]
+        _add(mos, "t", "The quarterly report is due Friday", tags=["work"])
+        mos.consolidate("t")
+        summaries = [i for i in mos.list("t", limit=100)
+                     if (i.metadata.get(SYNTH_KEY) or {}).get("kind") == "topic"]
+        assert len(summaries) == 1
+        [summary] = summaries
+        assert set(summary.derived_from) == {t.id for t in trip} and "summary" in summary.tags
+        assert "Lisbon" in summary.text and "quarterly" not in summary.text
+        key = summary.metadata[SYNTH_KEY]["key"]
+        if topics:
+            assert key.removeprefix("topic:") in {t.id for t in mos.topics(summary.cube_id)}
+        else:
+            assert key == "topic:travel"
 
 
 def test_contradictions_go_to_the_review_queue(mos: MemOS) -> None:

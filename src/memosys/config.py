@@ -24,6 +24,9 @@ _ENV = {
     "graph": "MEMOSYS_GRAPH",
     "graph_search": "MEMOSYS_GRAPH_SEARCH",
     "consolidate_every_s": "MEMOSYS_CONSOLIDATE_EVERY_S",
+    "topics": "MEMOSYS_TOPICS",
+    "topic_search": "MEMOSYS_TOPIC_SEARCH",
+    "topic_threshold": "MEMOSYS_TOPIC_THRESHOLD",
 }
 
 
@@ -55,6 +58,12 @@ class Settings:
     consolidate_every_s: float = 0.0
     """Queue a consolidation run for each changed cube this often, on the scheduler's
     worker (docs/consolidation.md); 0: only on demand."""
+    topics: bool = True
+    """Keep the topic index (cube -> topics -> memories) current as memories are written."""
+    topic_search: bool = False
+    """Add the topic stage to retrieval (docs/graph.md: measured, off by default)."""
+    topic_threshold: float = 0.45
+    """Cosine similarity to a topic's centroid a new memory needs to join it."""
 
     @property
     def sqlite_path(self) -> Path:
@@ -100,7 +109,14 @@ class Settings:
                 raise ValidationError("consolidate_every_s must not be negative")
         if values.get("retrieval", "pipeline") not in ("pipeline", "hybrid", "conversational"):
             raise ValidationError("retrieval must be 'pipeline' or 'hybrid'")
-        for flag in ("graph", "graph_search"):
+        if "topic_threshold" in values:
+            try:
+                values["topic_threshold"] = float(values["topic_threshold"])
+            except ValueError:
+                raise ValidationError("topic_threshold must be a number") from None
+            if not -1.0 <= values["topic_threshold"] <= 1.0:
+                raise ValidationError("topic_threshold must be between -1 and 1")
+        for flag in ("graph", "graph_search", "topics", "topic_search"):
             if flag in values:
                 values[flag] = _flag(flag, values[flag])
         if values.get("llm_cache_dir") is not None:

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from memosys.operation.consolidate_plan import ConsolidationConfig
     from memosys.operation.graph import MemoryGraphAPI
     from memosys.operation.scheduler import MemScheduler
+    from memosys.operation.topics import Overview, Topic, TopicsAPI
 
 _RETRIES = 12
 MAX_TOP_K = 1000
@@ -734,6 +735,7 @@ class MemOS(GovernanceAPI):
             from memosys.operation.graph_search import GraphStage
 
             self.retriever.insert_stage(GraphStage(self.vault))
+        self._setup_topics()
 
     @property
     def graph(self) -> MemoryGraphAPI:
@@ -742,6 +744,36 @@ class MemOS(GovernanceAPI):
         from memosys.operation.graph import MemoryGraphAPI
 
         return MemoryGraphAPI(self)
+
+    # --- topic index (memosys.operation.topics; docs/graph.md "Topics") ---------------
+    def _setup_topics(self) -> None:
+        from memosys.infra.vault.topic_sql import SQLTopics, TopicPolicy
+
+        if self.settings.topics and isinstance(self.vault, SQLTopics):
+            self.vault.set_topic_policy(TopicPolicy(threshold=self.settings.topic_threshold))
+        if self.settings.topic_search:
+            from memosys.operation.topics import TopicStage
+
+            self.retriever.insert_stage(TopicStage(self.vault))
+
+    @property
+    def topic_index(self) -> TopicsAPI:
+        """Topics of a cube: list, get, memories, rebuild, summarise (model), overview."""
+        from memosys.operation.topics import TopicsAPI
+
+        return TopicsAPI(self)
+
+    def topics(self, cube_id: str, *, limit: int = 100) -> list[Topic]:
+        """The cube's topics (clusters of its memories), largest first."""
+        return self.topic_index.list(cube_id, limit=limit)
+
+    def topic(self, topic_id: str) -> Topic:
+        return self.topic_index.get(topic_id)
+
+    def overview(self, cube_id: str, user: str | None = None) -> Overview:
+        """"What do you know about me": the main topics and entities of a cube (of one
+        user's memories, if given)."""
+        return self.topic_index.overview(cube_id, user)
 
     # --- consolidation (memosys.operation.consolidate; docs/consolidation.md) ----------
     def consolidate(self, cube: str, dry_run: bool = False, *,

@@ -408,15 +408,17 @@ def bench_locomo(
     facts: Annotated[bool, typer.Option(
         help="Also extract facts (MemReader) at ingestion: slow, about 1 s a turn.")] = False,
     graph: Annotated[str, typer.Option(help="on: add the graph stage (docs/graph.md).")] = "off",
+    topics: Annotated[str, typer.Option(help="on: add the topic stage (docs/graph.md).")] = "off",
 ) -> None:
     """Evidence recall@k of LoCoMo questions, with BM25/dense baselines and ablation."""
     from memosys.bench.locomo import DEFAULT_LOCOMO, run_locomo_bench
 
-    if graph not in ("on", "off"):
-        raise typer.BadParameter("--graph must be on or off")
+    if graph not in ("on", "off") or topics not in ("on", "off"):
+        raise typer.BadParameter("--graph and --topics must be on or off")
     try:
         run_locomo_bench(data or DEFAULT_LOCOMO, json_file, conversations, ablation, out,
-                         questions=questions, facts=facts, graph=graph == "on")
+                         questions=questions, facts=facts, graph=graph == "on",
+                         topics=topics == "on")
     except MemosysError as exc:
         err.print(f"[red]error[/red] ({exc.code}): {exc}")
         raise typer.Exit(exc.exit_code) from None

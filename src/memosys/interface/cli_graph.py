@@ -17,8 +17,9 @@ from rich.table import Table
 from memosys.errors import MemosysError, ValidationError
 from memosys.infra.vault.graph_base import Entity, Relation
 from memosys.interface.cli_governance import runtime
+from memosys.interface.cli_topics import register as register_topics
 
-graph_app = typer.Typer(help="Entities and relations of a cube (the semantic graph).",
+graph_app = typer.Typer(help="Entities, relations and topics of a cube (the semantic graph).",
                         no_args_is_help=True)
 
 out = Console()
@@ -31,6 +32,7 @@ HomeOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 CubeOpt = Annotated[str, typer.Option("--cube", "-c", help="Cube name or id.")]
+register_topics(graph_app)
 NameArg = Annotated[str, typer.Argument(help="Entity name, alias, id or \"X's role\".")]
 
 

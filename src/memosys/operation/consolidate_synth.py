@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from memosys.errors import MemosysError
 from memosys.operation.consolidate_plan import (
     SYNTH_KEY,
     Action,
@@ -88,14 +89,20 @@ def profile_groups(items: Sequence[MemoryItem], by_id: dict[str, MemoryItem],
 
 def topic_groups(mos: MemOS, cube_id: str, items: Sequence[MemoryItem],
                  cfg: ConsolidationConfig) -> list[Group]:
-    """Topics of the cube: the runtime's topic index (`MemOS.topics`) when it has one,
-    else memories grouped by shared tag. The one place that decides what a topic is here."""
+    """Topics of the cube: the runtime's topic index (`MemOS.topics`, docs/graph.md) when
+    it is on and has topics for the cube, else memories grouped by shared tag. The one
+    place that decides what a topic is for consolidation."""
     live = {i.id for i in items if i.memory_type in TOPIC_TYPES and not is_synthesised(i)}
-    topics_api = getattr(mos, "topics", None)
-    groups: list[Group] = []
-    if callable(topics_api):
-        for topic in topics_api(cube_id):
-            ids = tuple(i for i in getattr(topic, "memory_ids", ()) if i in live)
+    topics: list[Any] = []
+    if getattr(mos.settings, "topics", False) and callable(getattr(mos, "topics", None)):
+        try:
+            topics = list(mos.topics(cube_id, limit=1000))
+        except MemosysError:  # a vault without a topic index
+            topics = []
+    if topics:
+        groups = []
+        for topic in topics:
+            ids = tuple(i for i in topic.memory_ids if i in live)
             if len(ids) >= cfg.topic_min_sources:
                 groups.append(Group("topic", f"topic:{topic.id}", str(topic.label), ids))
         return groups

@@ -35,6 +35,8 @@ from memosys.infra.vault.fts_query import fts_match_expression
 from memosys.infra.vault.graph_sql import SQLGraph, on_commit, on_purge
 from memosys.infra.vault.sqlite_graph import GRAPH_SCHEMA, SQLiteGraphDB
 from memosys.infra.vault.sqlite_import import SQLiteImportMixin
+from memosys.infra.vault.sqlite_topics import TOPIC_SCHEMA
+from memosys.infra.vault.topic_sql import SQLTopics, on_commit_topics, on_purge_topics
 from memosys.infra.vault.vector_index import VectorIndex
 from memosys.types import CubeConfig, MemCube, MemoryItem, Stats, new_id
 
@@ -147,7 +149,7 @@ class _CubeVectors:
         self.lock = threading.Lock()
 
 
-class SQLiteVault(SQLiteImportMixin, SQLGraph, Vault):
+class SQLiteVault(SQLiteImportMixin, SQLGraph, SQLTopics, Vault):
     def __init__(self, path: str | Path, *, ann_threshold: int | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,6 +163,7 @@ class SQLiteVault(SQLiteImportMixin, SQLGraph, Vault):
         # Idempotent DDL, run outside a transaction: executescript commits on its own.
         self._conn().executescript(_SCHEMA)
         self._conn().executescript(GRAPH_SCHEMA)
+        self._conn().executescript(TOPIC_SCHEMA)
         with self._write() as conn:
             found = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if found is None:
@@ -282,6 +285,9 @@ class SQLiteVault(SQLiteImportMixin, SQLGraph, Vault):
             # the memories' graph edges change in the same transaction (graph_base.py)
             on_commit(SQLiteGraphDB(conn), cube_id, [(i, i.version == 1) for i in stored],
                       self.graph_deriver)
+            on_commit_topics(SQLiteGraphDB(conn), cube_id,
+                             [(i, w.vector) for i, w in zip(stored, writes, strict=True)],
+                             self.topic_policy)
         return stored
 
     def _apply(
@@ -481,6 +487,8 @@ class SQLiteVault(SQLiteImportMixin, SQLGraph, Vault):
                     )
                     erased += 1
             on_purge(SQLiteGraphDB(conn), [i for i in dict.fromkeys(ids)])
+            on_purge_topics(SQLiteGraphDB(conn), [i for i in dict.fromkeys(ids)],
+                            self.topic_policy)
             if erased:
                 # FTS5 keeps deleted terms in old segments until they are merged.
                 conn.execute("INSERT INTO items_fts (items_fts) VALUES ('optimize')")
