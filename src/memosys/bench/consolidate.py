@@ -89,8 +89,10 @@ def run_consolidate_bench(
     convs = load_locomo(data)[: conversations if conversations else None]
     if questions is not None:
         convs = [replace(c, questions=c.questions[:questions]) for c in convs]
+    # The semantic graph is not used by default retrieval nor by consolidation (topics
+    # are): it is off here so ingestion measures what matters.
     with tempfile.TemporaryDirectory(prefix="memosys-consolidate-") as home, MemOS(
-        Settings.load(home), embedder=embedder
+        Settings.load(home, graph=False), embedder=embedder
     ) as mos:
         cube_ids: dict[str, str] = {}
         with _progress(out, "ingesting turns + facts", sum(len(c.turns) for c in convs)) \
