@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from memosys.config import Settings
 from memosys.errors import NotFoundError, ValidationError
+from memosys.infra.vault.base import ItemFilter
 from memosys.infra.vault.graph_base import EntityType, entity_key
 from memosys.interface.cli import app
 from memosys.operation.graph_extract import extract_graph
@@ -131,6 +132,35 @@ def test_graph_stage_expands_along_relations(mos: MemOS) -> None:
     only_s1 = mos.search("Where did Caroline's sister travel?", "conv", top_k=6,
                          filters={"session": "s1"})
     assert all(h.item.source.session == "s1" for h in only_s1)
+
+
+def test_graph_stage_two_hops_weighted_by_validity(mos: MemOS) -> None:
+    from memosys.operation.graph_search import GraphSearchConfig, _validity
+
+    _conversation(mos)
+    cube_id = mos.get_cube("conv").id
+    one = GraphStage(mos.vault, GraphSearchConfig(hops=1, max_share=1.0, min_mentions=100))
+    two = GraphStage(mos.vault, GraphSearchConfig(hops=2, max_share=1.0, min_mentions=100))
+    flt = ItemFilter(cube_ids=(cube_id,))
+    # Boston -lives_in- Caroline -sister- Anna: Anna's memories are two hops from Boston
+    anna = set(mos.vault.graph_mentioning([mos.graph.entity("conv", "Anna").id])[
+        mos.graph.entity("conv", "Anna").id])
+    near, far = one.expand("Boston", flt, {}), two.expand("Boston", flt, {})
+    assert anna - set(near) and anna - set(near) <= set(far)
+    # a second hop adds less than the first: decayed by hop and confidence again
+    assert max(far[i] for i in anna - set(near)) < max(near.values())
+    # a hub cut-off of 0 relations walks nowhere: only the linked entity's own memories
+    cut = GraphStage(mos.vault, GraphSearchConfig(hops=2, max_degree=0, max_share=1.0,
+                                                  min_mentions=100)).expand("Boston", flt, {})
+    assert set(cut) < set(far)
+    # validity: Caroline lived in Boston until June; asked about March it counts fully
+    boston = [r for r in mos.graph.facts("conv", "Caroline") if r.object.name == "Boston"][0]
+    assert boston.valid_to == JUN
+    march = (datetime(2023, 3, 1, tzinfo=UTC), datetime(2023, 3, 31, tzinfo=UTC))
+    august = (datetime(2023, 8, 1, tzinfo=UTC), datetime(2023, 8, 31, tzinfo=UTC))
+    assert _validity(boston, [march]) == 1.0
+    assert _validity(boston, [august]) == 0.25
+    assert _validity(boston, []) == 0.5
 
 
 def test_settings_switch_the_graph(home: Path, embedder) -> None:

@@ -183,3 +183,36 @@ def test_neighbours_path_follows_and_derived(conv) -> None:
     assert vault.graph_derived(items[3].id) == ([], [fact.id])
     stats = vault.graph_stats(cube.id)
     assert stats.derived == 1 and stats.follows == 4 and stats.entities >= 8
+
+
+def _star_deriver(item: MemoryItem):
+    from memosys.infra.vault.graph_base import EntityRef, MemoryGraph, RelationRef
+
+    s, p, o = item.text.split()
+    return MemoryGraph([EntityRef(s, EntityType.PERSON), EntityRef(o, EntityType.PERSON)],
+                       [RelationRef(s, p, o, confidence=0.9)])
+
+
+def test_walks_do_not_go_through_hubs(vault: Vault) -> None:
+    vault.set_graph_deriver(_star_deriver)
+    cube = vault.create_cube(make_cube("star"))
+    texts = ["Ann knows Hub", "Bea knows Hub", "Cid knows Hub", "Dan knows Hub", "Ann likes Xia",
+             "Xia likes Yan"]
+    vecs = unit_vectors(len(texts))
+    for text, vec in zip(texts, vecs, strict=True):
+        vault.commit(cube.id, [Write(make_item(cube, text), "add", None, vec)])
+    ann, hub = _find(vault, cube, "Ann"), _find(vault, cube, "Hub")
+    assert vault.graph_degrees(cube.id, [hub.id, ann.id]) == {hub.id: 4, ann.id: 2}
+    cut = {n.entity.name: n.hops for n in vault.graph_neighbours(
+        cube.id, ann.id, hops=2, co_mentions=False, max_degree=3)}
+    assert cut == {"Hub": 1, "Xia": 1, "Yan": 2}  # reached the hub, not walked through it
+    full = {n.entity.name: n.hops for n in vault.graph_neighbours(
+        cube.id, ann.id, hops=2, co_mentions=False, max_degree=None)}
+    assert full == {"Hub": 1, "Xia": 1, "Yan": 2, "Bea": 2, "Cid": 2, "Dan": 2}
+    # the hub itself is walked when it is where the walk starts
+    assert len(vault.graph_neighbours(cube.id, hub.id, hops=1, co_mentions=False,
+                                      max_degree=3)) == 4
+    # weights: the product of confidences along the path
+    near = {n.entity.name: n for n in vault.graph_neighbours(cube.id, ann.id, hops=2,
+                                                               co_mentions=False)}
+    assert abs(near["Yan"].weight - 0.81) < 1e-6

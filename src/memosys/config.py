@@ -23,6 +23,10 @@ _ENV = {
     "llm_cache_dir": "MEMOSYS_LLM_CACHE_DIR",
     "graph": "MEMOSYS_GRAPH",
     "graph_search": "MEMOSYS_GRAPH_SEARCH",
+    "consolidate_every_s": "MEMOSYS_CONSOLIDATE_EVERY_S",
+    "topics": "MEMOSYS_TOPICS",
+    "topic_search": "MEMOSYS_TOPIC_SEARCH",
+    "topic_threshold": "MEMOSYS_TOPIC_THRESHOLD",
 }
 
 
@@ -51,6 +55,15 @@ class Settings:
     """Keep the semantic graph (entities, relations) current as memories are written."""
     graph_search: bool = False
     """Add the graph stage to retrieval (docs/graph.md: measured, off by default)."""
+    consolidate_every_s: float = 0.0
+    """Queue a consolidation run for each changed cube this often, on the scheduler's
+    worker (docs/consolidation.md); 0: only on demand."""
+    topics: bool = True
+    """Keep the topic index (cube -> topics -> memories) current as memories are written."""
+    topic_search: bool = False
+    """Add the topic stage to retrieval (docs/graph.md: measured, off by default)."""
+    topic_threshold: float = 0.45
+    """Cosine similarity to a topic's centroid a new memory needs to join it."""
 
     @property
     def sqlite_path(self) -> Path:
@@ -87,9 +100,23 @@ class Settings:
                 values["ann_threshold"] = int(values["ann_threshold"])
         except ValueError:
             raise ValidationError("ann_threshold must be an integer") from None
+        if "consolidate_every_s" in values:
+            try:
+                values["consolidate_every_s"] = float(values["consolidate_every_s"])
+            except (TypeError, ValueError):
+                raise ValidationError("consolidate_every_s must be a number") from None
+            if values["consolidate_every_s"] < 0:
+                raise ValidationError("consolidate_every_s must not be negative")
         if values.get("retrieval", "pipeline") not in ("pipeline", "hybrid", "conversational"):
             raise ValidationError("retrieval must be 'pipeline' or 'hybrid'")
-        for flag in ("graph", "graph_search"):
+        if "topic_threshold" in values:
+            try:
+                values["topic_threshold"] = float(values["topic_threshold"])
+            except ValueError:
+                raise ValidationError("topic_threshold must be a number") from None
+            if not -1.0 <= values["topic_threshold"] <= 1.0:
+                raise ValidationError("topic_threshold must be between -1 and 1")
+        for flag in ("graph", "graph_search", "topics", "topic_search"):
             if flag in values:
                 values[flag] = _flag(flag, values[flag])
         if values.get("llm_cache_dir") is not None:

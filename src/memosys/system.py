@@ -49,9 +49,12 @@ if TYPE_CHECKING:
     from memosys.memories.parametric import ParametricMemory
     from memosys.models.llm import LLM
     from memosys.operation.chat import ChatResult, ChatStream
+    from memosys.operation.consolidate import ConsolidationRun
+    from memosys.operation.consolidate_plan import ConsolidationConfig
     from memosys.operation.graph import MemoryGraphAPI
     from memosys.operation.scheduler import MemScheduler
     from memosys.operation.skills import DistilReport, SkillMatch, SkillMemory
+    from memosys.operation.topics import Overview, Topic, TopicsAPI
 
 _RETRIES = 12
 MAX_TOP_K = 1000
@@ -734,6 +737,7 @@ class MemOS(GovernanceAPI):
             from memosys.operation.graph_search import GraphStage
 
             self.retriever.insert_stage(GraphStage(self.vault))
+        self._setup_topics()
 
     @property
     def graph(self) -> MemoryGraphAPI:
@@ -817,6 +821,64 @@ class MemOS(GovernanceAPI):
         """Skills that apply to `task`, best first; none when no skill is similar enough
         (`threshold`, default SkillConfig.find_threshold)."""
         return self.skills.find(cube, task, top_k, threshold=threshold)
+    # --- topic index (memosys.operation.topics; docs/graph.md "Topics") ---------------
+    def _setup_topics(self) -> None:
+        from memosys.infra.vault.topic_sql import SQLTopics, TopicPolicy
+
+        if self.settings.topics and isinstance(self.vault, SQLTopics):
+            self.vault.set_topic_policy(TopicPolicy(threshold=self.settings.topic_threshold))
+        if self.settings.topic_search:
+            from memosys.operation.topics import TopicStage
+
+            self.retriever.insert_stage(TopicStage(self.vault))
+
+    @property
+    def topic_index(self) -> TopicsAPI:
+        """Topics of a cube: list, get, memories, rebuild, summarise (model), overview."""
+        from memosys.operation.topics import TopicsAPI
+
+        return TopicsAPI(self)
+
+    def topics(self, cube_id: str, *, limit: int = 100) -> list[Topic]:
+        """The cube's topics (clusters of its memories), largest first."""
+        return self.topic_index.list(cube_id, limit=limit)
+
+    def topic(self, topic_id: str) -> Topic:
+        return self.topic_index.get(topic_id)
+
+    def overview(self, cube_id: str, user: str | None = None) -> Overview:
+        """"What do you know about me": the main topics and entities of a cube (of one
+        user's memories, if given)."""
+        return self.topic_index.overview(cube_id, user)
+
+    # --- consolidation (memosys.operation.consolidate; docs/consolidation.md) ----------
+    def consolidate(self, cube: str, dry_run: bool = False, *,
+                    config: ConsolidationConfig | dict[str, Any] | None = None,
+                    wait: bool = True) -> ConsolidationRun:
+        """Merge near-duplicates, synthesise profiles and topic summaries, queue
+        contradictions for review; returns the run (id, plan, changes). `dry_run`: plan
+        only. `wait=False`: queue the run for the scheduler's worker."""
+        from memosys.operation.consolidate import Consolidator
+
+        return Consolidator(self).run(cube, dry_run=dry_run, config=config, wait=wait)
+
+    def consolidation_run(self, run_id: str) -> ConsolidationRun:
+        from memosys.operation.consolidate import Consolidator
+
+        return Consolidator(self).get_run(run_id)
+
+    def consolidation_stale(self, cube: str) -> list[tuple[MemoryItem, str]]:
+        """Synthesised memories whose sources changed since they were written, with why
+        (flagged: the next consolidation run regenerates them)."""
+        from memosys.operation.consolidate import Consolidator
+
+        return Consolidator(self).stale(cube)
+
+    def rollback_consolidation(self, run_id: str) -> ConsolidationRun:
+        """Undo a whole consolidation run as one unit (one atomic commit)."""
+        from memosys.operation.consolidate import Consolidator
+
+        return Consolidator(self).rollback(run_id)
 
 
 def _backoff(attempt: int) -> None:

@@ -281,12 +281,17 @@ class LocomoReport:
     ablation: dict[str, dict[str, float]] | None
     ingest_turns_per_s: float
     turns: int
+    variants: dict[str, dict[str, dict[str, float]]] | None = None
+    """The pipeline without the extra stages (--graph/--topics on), per category and
+    "all": measured on the same ingestion, question by question."""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"overall": self.overall, "by_category": self.by_category,
                                "baselines": self.baselines}
         if self.ablation is not None:
             out["ablation"] = self.ablation
+        if self.variants is not None:
+            out["variants"] = self.variants
         return out
 
 
@@ -315,11 +320,14 @@ def run_locomo_bench(
     embedder: Embedder | None = None,
     facts: bool = False,
     graph: bool = False,
+    topics: bool = False,
 ) -> LocomoReport:
     """Ingest, search every question, score; print tables and optionally write JSON.
 
     `conversations` and `questions` (per conversation) limit the run for quick checks.
-    `graph`: add the graph stage (`memosys.operation.graph_search`) to the pipeline."""
+    `graph`: add the graph stage (`memosys.operation.graph_search`) to the pipeline;
+    `topics`: add the topic stage (`memosys.operation.topics`). With either, the pipeline
+    without each of them is measured too, on the same ingestion (`LocomoReport.variants`)."""
     out = out or Console()
     data = Path(data)
     if not data.exists():
@@ -336,6 +344,11 @@ def run_locomo_bench(
             from memosys.operation.graph_search import GraphStage
 
             mos.retriever.insert_stage(GraphStage(mos.vault))
+        if topics:
+            from memosys.operation.topics import TopicStage
+
+            mos.retriever.insert_stage(TopicStage(mos.vault))
+        extra = [name for name, on in (("graph", graph), ("topics", topics)) if on]
         cube_ids: dict[str, str] = {}
         turns = sum(len(c.turns) for c in convs)
         with _progress(out, "ingesting turns", turns) as advance:
@@ -359,6 +372,11 @@ def run_locomo_bench(
             "bm25": (bm25_searcher(mos), None),
             "dense": (dense_searcher(mos), None),
         }
+        dropped = {f"without {name}": (name,) for name in extra}
+        if len(extra) > 1:
+            dropped["without " + " and ".join(extra)] = tuple(extra)
+        for name, stages in dropped.items():
+            methods[name] = (_without_stages(mos, pipeline, stages), config)
         variants = ablation_configs(config) if ablation else {}
         for name, cfg in variants.items():
             if cfg != config:
@@ -382,12 +400,27 @@ def run_locomo_bench(
         if ablation:
             ablation_rows = {name: results.get(name, main).overall()
                              for name in variants}
+        stage_rows = {name: {"all": results[name].overall(), **results[name].by_category()}
+                      for name in dropped} or None
     report = LocomoReport(main.overall(), main.by_category(), baselines, ablation_rows,
-                          round(rate, 1), turns)
+                          round(rate, 1), turns, stage_rows)
     _print_report(report, out)
     if json_file is not None:
         Path(json_file).write_text(json.dumps(report.to_json(), indent=2) + "\n")
     return report
+
+
+def _without_stages(mos: MemOS, searcher: Searcher, names: tuple[str, ...]) -> Searcher:
+    """The searcher with the named pipeline stages taken out for the call."""
+    def search(query: str, cube_id: str) -> list[MemoryItem]:
+        stages = mos.retriever.stages
+        mos.retriever.stages = [s for s in stages if s.name not in names]
+        try:
+            return searcher(query, cube_id)
+        finally:
+            mos.retriever.stages = stages
+
+    return search
 
 
 def _forget_embedded_queries(mos: MemOS) -> None:
@@ -435,4 +468,8 @@ def _print_report(report: LocomoReport, out: Console) -> None:
     if report.ablation:
         out.print(_metric_table("ablation (overall)", "stages",
                                 list(report.ablation.items())))
+    for name, per in (report.variants or {}).items():
+        rows = [(f"{name}: all questions", per["all"])]
+        rows += [(f"  {CATEGORIES[int(c)]} ({c})", m) for c, m in per.items() if c != "all"]
+        out.print(_metric_table(f"pipeline {name} (same ingestion)", "method", rows))
     out.print(f"ingestion: {report.ingest_turns_per_s:.1f} turns/s over {report.turns} turns")

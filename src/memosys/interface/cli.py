@@ -29,6 +29,7 @@ from memosys.interface.cli_common import (
     print_json,
     runtime,
 )
+from memosys.interface.cli_consolidate import register as register_consolidate
 from memosys.interface.cli_db import db_app
 from memosys.interface.cli_exchange import register as register_exchange
 from memosys.interface.cli_extraction import register as register_extraction
@@ -58,6 +59,7 @@ register_serve(app, bench_app)
 register(app, bench_app)  # users, keys, share, acl, policy, audit, lifecycle, review, ...
 register_parametric(app, bench_app)
 register_activation(app, bench_app)  # chat, activation, bench ttft
+register_consolidate(app, bench_app)  # consolidate, bench consolidate
 app.add_typer(graph_app, name="graph")
 register_extraction(app)  # extraction show|set|test
 bench_app.command("graph")(bench_graph)
@@ -405,15 +407,17 @@ def bench_locomo(
     facts: Annotated[bool, typer.Option(
         help="Also extract facts (MemReader) at ingestion: slow, about 1 s a turn.")] = False,
     graph: Annotated[str, typer.Option(help="on: add the graph stage (docs/graph.md).")] = "off",
+    topics: Annotated[str, typer.Option(help="on: add the topic stage (docs/graph.md).")] = "off",
 ) -> None:
     """Evidence recall@k of LoCoMo questions, with BM25/dense baselines and ablation."""
     from memosys.bench.locomo import DEFAULT_LOCOMO, run_locomo_bench
 
-    if graph not in ("on", "off"):
-        raise typer.BadParameter("--graph must be on or off")
+    if graph not in ("on", "off") or topics not in ("on", "off"):
+        raise typer.BadParameter("--graph and --topics must be on or off")
     with guarded():
         run_locomo_bench(data or DEFAULT_LOCOMO, json_file, conversations, ablation, out,
-                         questions=questions, facts=facts, graph=graph == "on")
+                         questions=questions, facts=facts, graph=graph == "on",
+                         topics=topics == "on")
 
 
 @bench_app.command("reader")

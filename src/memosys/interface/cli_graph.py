@@ -21,11 +21,13 @@ from memosys.interface.cli_common import (
     print_json,
     runtime,
 )
+from memosys.interface.cli_topics import register as register_topics
 
-graph_app = typer.Typer(help="Entities and relations of a cube (the semantic graph).",
+graph_app = typer.Typer(help="Entities, relations and topics of a cube (the semantic graph).",
                         no_args_is_help=True)
 
 
+register_topics(graph_app)
 NameArg = Annotated[str, typer.Argument(help="Entity name, alias, id or \"X's role\".")]
 
 

@@ -106,6 +106,12 @@ def create_app(mos: MemOS, config: ServerConfig | None = None) -> FastAPI:
     from memosys.interface.rest_skills import router as skills_router
 
     app.include_router(skills_router)
+    from memosys.interface.rest_consolidate import router as consolidate_router
+
+    app.include_router(consolidate_router)
+    from memosys.interface.rest_graph import router as graph_router
+
+    app.include_router(graph_router)
     mount_ui(app)
     # The last added runs outermost: metrics see every response (a 413 included), and the
     # size limit runs before anything reads the body.

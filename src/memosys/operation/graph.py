@@ -35,6 +35,7 @@ from memosys.infra.vault.graph_base import (
     Relation,
     entity_key,
 )
+from memosys.infra.vault.graph_sql import HUB_DEGREE
 from memosys.types import MemoryItem, as_utc
 
 if TYPE_CHECKING:
@@ -111,11 +112,14 @@ class MemoryGraphAPI:
         return found
 
     def neighbours(self, cube: str, name: str, *, hops: int = 1, limit: int = 50,
-                   co_mentions: bool = True) -> list[Neighbour]:
+                   co_mentions: bool = True, max_degree: int | None = HUB_DEGREE
+                   ) -> list[Neighbour]:
+        """Entities near one; hubs (more than `max_degree` relations) are not walked
+        through (None: no cut-off)."""
         cube_id = self._cube(cube)
         entity = self._entity(cube_id, name)
         return self.store.graph_neighbours(cube_id, entity.id, hops=hops, limit=limit,
-                                           co_mentions=co_mentions)
+                                           co_mentions=co_mentions, max_degree=max_degree)
 
     def facts(self, cube: str, name: str, *, as_of: datetime | None = None,
               predicate: str | None = None) -> list[Relation]:
@@ -153,7 +157,11 @@ class MemoryGraphAPI:
         entity = self._entity(cube_id, name)
         ids = self.store.graph_mentioning([entity.id], limit=limit)[entity.id]
         found = self.mos.vault.get_many(ids)
-        return [found[i] for i in ids if i in found]
+        # as the actor may see them: no one else's private memories, sensitive text masked
+        access = self.mos._access
+        cube = self.mos.vault.get_cube(cube_id)
+        return access.present([found[i] for i in ids if i in found
+                               and access.can_see(found[i], cube)])
 
     def page(self, cube: str, name: str, *, limit: int = 20) -> EntityPage:
         cube_id = self._cube(cube)

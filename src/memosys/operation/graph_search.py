@@ -10,7 +10,10 @@ graph (a `Stage` of `HybridRetriever`, inserted before "context"; switched on by
    (idf, scaled to 0-1).
 3. **expand**: memories that mention a linked entity get `weight * idf`; with
    `hops >= 1`, memories that mention an entity one RELATION away get that times
-   `hop_decay` times the edge's confidence (halved again for a relation that has ended).
+   `hop_decay` times the edge's confidence times its validity (1 for a relation that
+   holds in the time the query names, or still holds when it names none; 0.5 for one that
+   has ended; 0.25 for one outside the named time), and so on for a second hop. Hubs
+   (entities with more than `max_degree` relations) are not walked through.
 
 Scores are added to the fused score in its units (standard deviations), like the
 speaker and time boosts.
@@ -20,12 +23,15 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from memosys.infra.vault.base import ItemFilter, Vault
 from memosys.infra.vault.fts_query import query_terms
-from memosys.infra.vault.graph_base import Entity, EntityType, GraphStore
+from memosys.infra.vault.graph_base import Entity, EntityType, GraphStore, Relation
+from memosys.infra.vault.graph_sql import HUB_DEGREE
 from memosys.operation.graph_extract import (
     canonical_role,
     named_entities,
@@ -40,8 +46,11 @@ class GraphSearchConfig:
     weight: float = 1.0
     """Boost for a memory that mentions the rarest linked entity."""
     hops: int = 1
-    """0: only memories of the linked entities; 1: also of their RELATION neighbours."""
+    """0: only memories of the linked entities; 1: also of their RELATION neighbours;
+    2: and of the neighbours' neighbours."""
     hop_decay: float = 0.5
+    max_degree: int = HUB_DEGREE
+    """Entities with more RELATION edges than this are not expanded (hub cut-off)."""
     max_share: float = 0.05
     """Entities mentioned by more than this share of a cube's memories (and by more than
     `min_mentions`) are not used: in a chat, the speakers."""
@@ -82,7 +91,8 @@ class GraphStage:
                     linked[entity.id] = entity
         return list(linked.values())
 
-    def expand(self, query: str, flt: ItemFilter, base: dict[str, float]) -> dict[str, float]:
+    def expand(self, query: str, flt: ItemFilter, base: dict[str, float],
+               windows: Sequence[tuple[datetime, datetime]] = ()) -> dict[str, float]:
         cfg = self.config
         cube_ids = list(flt.cube_ids) or [c.id for c in self.vault.list_cubes()]
         scores: dict[str, float] = {}
@@ -95,17 +105,26 @@ class GraphStage:
                 w = self._rarity(entity, total)
                 if w > 0:
                     weights[entity.id] = max(weights.get(entity.id, 0.0), w)
-            if cfg.hops >= 1:
-                for eid, w in list(weights.items()):
+            frontier = dict(weights)
+            for _ in range(cfg.hops):
+                degrees = self.graph.graph_degrees(cube_id, list(frontier))
+                reached: dict[str, float] = {}
+                for eid, w in frontier.items():
+                    if degrees.get(eid, 0) > cfg.max_degree:
+                        continue  # a hub: its memories count, its neighbours would be all
                     for rel in self.graph.graph_relations(cube_id, eid):
                         other = rel.object if rel.subject.id == eid else rel.subject
                         if other.id in weights:
                             continue
                         rarity = self._rarity(other, total)
-                        ended = 0.5 if rel.valid_to is not None else 1.0
-                        hop = w * cfg.hop_decay * rel.confidence * ended * (rarity or 0.0)
-                        if hop > weights.get(other.id, 0.0):
-                            weights[other.id] = hop
+                        hop = (w * cfg.hop_decay * rel.confidence * _validity(rel, windows)
+                               * rarity)
+                        if hop > reached.get(other.id, 0.0):
+                            reached[other.id] = hop
+                weights.update(reached)
+                frontier = {k: v for k, v in reached.items() if v > 0}
+                if not frontier:
+                    break
             if not weights:
                 continue
             mentioning = self.graph.graph_mentioning(list(weights), limit=cfg.per_entity)
@@ -130,7 +149,8 @@ class GraphStage:
         return True
 
     def __call__(self, run: Any) -> None:
-        for item_id, boost in self.expand(run.query, run.flt, run.base).items():
+        for item_id, boost in self.expand(run.query, run.flt, run.base,
+                                          run.windows).items():
             run.add_candidate(item_id, pooled=True).parts[self.name] = boost
 
     def _rarity(self, entity: Entity, total: int) -> float:
@@ -138,3 +158,16 @@ class GraphStage:
         if mentions > max(self.config.max_share * total, self.config.min_mentions):
             return 0.0
         return math.log(total / mentions) / math.log(total)
+
+
+def _validity(rel: Relation, windows: Sequence[tuple[datetime, datetime]]) -> float:
+    """How much a relation counts for this query: it held in the time the query names
+    (or, naming none, still holds): 1; it has ended: 0.5; it held only at other times
+    than those named: 0.25."""
+    if windows:
+        for start, end in windows:
+            if (rel.valid_from is None or rel.valid_from <= end) and (
+                    rel.valid_to is None or rel.valid_to > start):
+                return 1.0
+        return 0.25
+    return 0.5 if rel.valid_to is not None else 1.0

@@ -68,6 +68,7 @@ BUILD_JOB = "activation_build"
 EXTRACT_JOB = "extract"
 SKILLS_JOB = "skills_distil"
 """memosys.operation.skills: distil skills after new successful trajectories."""
+CONSOLIDATE_JOB = "consolidate"  # memosys.operation.consolidate
 Form = Literal["activation", "plaintext", "parametric", "skipped"]
 SWEEP_EVERY_S = 5.0
 
@@ -186,6 +187,7 @@ class MemScheduler:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
+        self._consolidated: dict[str, tuple[float, int, str]] = {}  # the consolidation schedule
 
     # --- activation store ---------------------------------------------------------------
     def activation_store(self, llm: LocalLLM) -> ActivationStore:
@@ -526,13 +528,18 @@ class MemScheduler:
                 log.exception("scheduler worker failed; retrying")
                 ran = 0
             if not ran:
+                from memosys.operation.consolidate import queue_due
+
+                if queue_due(self.mos, self._consolidated):
+                    continue
                 self._wake.wait(1.0)
                 self._wake.clear()
 
     def run_pending(self, max_jobs: int | None = None,
-                    kinds: Sequence[str] = (BUILD_JOB, EXTRACT_JOB, SKILLS_JOB)) -> int:
-        """Run queued jobs (cache builds, extractions, skill distillation) now; returns how
-        many ran."""
+                    kinds: Sequence[str] = (BUILD_JOB, EXTRACT_JOB, SKILLS_JOB,
+                                            CONSOLIDATE_JOB)) -> int:
+        """Run queued jobs (cache builds, extractions, skill distillation, consolidations) now;
+        returns how many ran."""
         done = 0
         while max_jobs is None or done < max_jobs:
             job = self.mos.vault.claim_job(list(kinds), lease_seconds=600.0)
@@ -544,6 +551,10 @@ class MemScheduler:
                 from memosys.operation.skills_jobs import run_distil_job
 
                 run_distil_job(self.mos, job)
+            elif job.kind == CONSOLIDATE_JOB:
+                from memosys.operation.consolidate import run_queued
+
+                run_queued(self.mos, job)
             else:
                 self._run_build(job)
             done += 1

@@ -27,7 +27,7 @@ renames entities whose name came only from them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -194,13 +194,21 @@ class GraphStore(ABC):
 
     @abstractmethod
     def graph_neighbours(self, cube_id: str, entity_id: str, *, hops: int = 1,
-                         limit: int = 50, co_mentions: bool = True) -> list[Neighbour]:
-        """Entities within `hops` RELATION (and co-mention) edges, nearest first."""
+                         limit: int = 50, co_mentions: bool = True,
+                         max_degree: int | None = 50) -> list[Neighbour]:
+        """Entities within `hops` RELATION (and co-mention) edges, nearest first; entities
+        with more than `max_degree` edges are reached but not walked through (None: no
+        cut-off)."""
 
     @abstractmethod
     def graph_path(self, cube_id: str, source_id: str, target_id: str, *,
-                   max_hops: int = 4) -> list[tuple[Entity, str]] | None:
+                   max_hops: int = 4, max_degree: int | None = None
+                   ) -> list[tuple[Entity, str]] | None:
         """A shortest RELATION path: [(source, ""), (next, predicate), ..., (target, p)]."""
+
+    @abstractmethod
+    def graph_degrees(self, cube_id: str, entity_ids: Sequence[str]) -> dict[str, int]:
+        """RELATION edges (either direction) of each entity."""
 
     @abstractmethod
     def graph_mentioning(self, entity_ids: list[str], *, limit: int = 200

@@ -31,6 +31,10 @@ from memosys.infra.vault.graph_base import (
 from memosys.types import MemoryItem, MemoryState, new_id
 
 MAX_HOPS = 4
+HUB_DEGREE = 50
+"""Default degree cut-off of walks: an entity with more RELATION edges than this (in a
+chat, the speakers; in a big cube, every popular place) is reached but not walked
+through, so two hops stay a neighbourhood rather than the whole graph."""
 _CHUNK = 500
 
 
@@ -52,6 +56,10 @@ class GraphDB(ABC):
     @abstractmethod
     def any_of(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         """`column IN (...)` for at most 500 values, in this dialect."""
+
+    @abstractmethod
+    def vectors(self, ids: Sequence[str]) -> dict[str, Any]:
+        """The stored embeddings of these memories (numpy float32), for the topic index."""
 
     def lock_cube(self, cube_id: str) -> bool:
         """Serialise with the cube's writers (SQLite's write lock already does); False if
@@ -560,7 +568,9 @@ class SQLGraph(GraphStore):
                         predicate: str | None = None) -> list[Relation]:
         clauses, params = ["r.cube_id = ?"], [cube_id]
         if entity_id is not None:
-            clauses.append("(r.subject_id = ? OR r.object_id = ?)")
+            # two indexed arms: with an OR, SQLite's planner scans the cube's relations
+            clauses.append("r.id IN (SELECT id FROM graph_relations WHERE subject_id = ? "
+                           "UNION ALL SELECT id FROM graph_relations WHERE object_id = ?)")
             params.extend([entity_id, entity_id])
         if predicate is not None:
             clauses.append("r.predicate = ?")
@@ -596,50 +606,84 @@ class SQLGraph(GraphStore):
         return out
 
     @staticmethod
-    def _walk(db: GraphDB, cube_id: str, start: str, hops: int) -> dict[str, int]:
+    def _walk(db: GraphDB, cube_id: str, start: str, hops: int,
+              max_degree: int | None = None) -> dict[str, int]:
         """Hop distance of every entity within `hops` RELATION edges (either direction),
-        by a recursive query; (entity, hops) pairs are kept once, so hubs cannot make the
-        walk explode into every path."""
+        by a recursive query; (entity, hops) pairs are kept once, and entities of more
+        than `max_degree` edges (hubs) are reached but not walked through (the start
+        always is), so the walk stays bounded. Entity ids belong to one cube, so the
+        joins go by the subject and object indexes alone."""
+        cut, params = "", [start, cube_id, int(hops)]
+        if max_degree is not None:
+            cut = (" AND (walk.hops = 0 OR (SELECT count(*) FROM graph_relations h WHERE "
+                   "h.subject_id = walk.id) + (SELECT count(*) FROM graph_relations h WHERE "
+                   "h.object_id = walk.id) <= ?)")
+            params.append(int(max_degree))
         rows = db.rows(
             "WITH RECURSIVE walk(id, hops) AS ("
-            " SELECT CAST(? AS TEXT), 0"
+            " SELECT id, 0 FROM graph_entities WHERE id = ? AND cube_id = ?"
             " UNION"
-            " SELECT e.b, walk.hops + 1 FROM walk JOIN ("
-            # both directions as two indexed arms (an OR join would scan every relation)
-            "  SELECT subject_id AS a, object_id AS b FROM graph_relations WHERE cube_id = ?"
-            "  UNION ALL"
-            "  SELECT object_id AS a, subject_id AS b FROM graph_relations WHERE cube_id = ?"
-            " ) e ON e.a = walk.id WHERE walk.hops < ?)"
-            " SELECT id, min(hops) FROM walk GROUP BY id",
-            (start, cube_id, cube_id, int(hops)))
+            " SELECT CASE WHEN r.subject_id = walk.id THEN r.object_id ELSE r.subject_id END,"
+            " walk.hops + 1 FROM walk JOIN graph_relations r"
+            " ON r.subject_id = walk.id OR r.object_id = walk.id"
+            f" WHERE walk.hops < ?{cut})"
+            " SELECT id, min(hops) FROM walk GROUP BY id", params)
         return {eid: int(n) for eid, n in rows}
+
+    def graph_degrees(self, cube_id: str, entity_ids: Sequence[str]) -> dict[str, int]:
+        """RELATION edges (either direction) of each entity."""
+        with self._graph_read() as db:
+            return self._degrees(db, entity_ids)
+
+    @staticmethod
+    def _degrees(db: GraphDB, entity_ids: Sequence[str]) -> dict[str, int]:
+        out = {eid: 0 for eid in entity_ids}
+        for chunk in _chunks(sorted(set(entity_ids))):
+            w1, p1 = db.any_of("subject_id", chunk)
+            w2, p2 = db.any_of("object_id", chunk)
+            for eid, n in db.rows(
+                    f"SELECT x, count(*) FROM (SELECT subject_id AS x FROM graph_relations "
+                    f"WHERE {w1} UNION ALL SELECT object_id AS x FROM "
+                    f"graph_relations WHERE {w2}) d GROUP BY x", (*p1, *p2)):
+                out[eid] = int(n)
+        return out
 
     @staticmethod
     def _edges_of(db: GraphDB, cube_id: str, ids: Sequence[str]
                   ) -> list[tuple[str, str, str, float]]:
-        out: list[tuple[str, str, str, float]] = []
+        # Entity ids belong to one cube; each arm uses its own index (subject, object).
+        found: dict[str, tuple[str, str, str, float]] = {}
         for chunk in _chunks(sorted(ids)):
-            w1, p1 = db.any_of("subject_id", chunk)
-            w2, p2 = db.any_of("object_id", chunk)
-            out.extend((r[0], r[1], r[2], float(r[3])) for r in db.rows(
-                "SELECT subject_id, predicate, object_id, confidence FROM graph_relations "
-                f"WHERE cube_id = ? AND ({w1} OR {w2}) ORDER BY id", (cube_id, *p1, *p2)))
-        return out
+            for column in ("subject_id", "object_id"):
+                where, params = db.any_of(column, chunk)
+                for r in db.rows("SELECT id, subject_id, predicate, object_id, confidence "
+                                 f"FROM graph_relations WHERE {where}", params):
+                    found[r[0]] = (r[1], r[2], r[3], float(r[4]))
+        return [found[k] for k in sorted(found)]
 
     def graph_neighbours(self, cube_id: str, entity_id: str, *, hops: int = 1,
-                         limit: int = 50, co_mentions: bool = True) -> list[Neighbour]:
+                         limit: int = 50, co_mentions: bool = True,
+                         max_degree: int | None = HUB_DEGREE) -> list[Neighbour]:
         if not 1 <= hops <= MAX_HOPS:
             raise ValidationError(f"hops must be between 1 and {MAX_HOPS}, got {hops}")
+        if max_degree is not None and max_degree < 1:
+            raise ValidationError("max_degree must be at least 1 (or None: no cut-off)")
         best: dict[str, tuple[int, float, str]] = {}
         with self._graph_read() as db:
-            dist = self._walk(db, cube_id, entity_id, hops)
+            dist = self._walk(db, cube_id, entity_id, hops, max_degree)
             weight = {entity_id: 1.0}
             for layer in range(1, hops + 1):
                 nodes = [e for e, n in dist.items() if n == layer]
                 if not nodes:
                     break
                 at_layer = set(nodes)
-                for s, p, o, conf in self._edges_of(db, cube_id, nodes):
+                # the edges of the layer before (hubs there were not walked through): a
+                # bounded set, where the edges of this layer's hubs would not be
+                walked = [e for e, n in dist.items() if n == layer - 1]
+                if max_degree is not None and layer > 1:
+                    degree = self._degrees(db, walked)
+                    walked = [e for e in walked if degree[e] <= max_degree]
+                for s, p, o, conf in self._edges_of(db, cube_id, walked):
                     for near, far in ((s, o), (o, s)):
                         if far in at_layer and dist.get(near) == layer - 1 and near in weight:
                             w = weight[near] * conf
@@ -667,11 +711,12 @@ class SQLGraph(GraphStore):
                 if eid in entities]
 
     def graph_path(self, cube_id: str, source_id: str, target_id: str, *,
-                   max_hops: int = MAX_HOPS) -> list[tuple[Entity, str]] | None:
+                   max_hops: int = MAX_HOPS, max_degree: int | None = None
+                   ) -> list[tuple[Entity, str]] | None:
         if not 1 <= max_hops <= MAX_HOPS:
             raise ValidationError(f"max_hops must be between 1 and {MAX_HOPS}")
         with self._graph_read() as db:
-            dist = self._walk(db, cube_id, source_id, max_hops)
+            dist = self._walk(db, cube_id, source_id, max_hops, max_degree)
             if target_id not in dist:
                 return None
             # Walk back from the target, one layer nearer the source each step (the most

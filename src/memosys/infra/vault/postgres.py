@@ -53,6 +53,7 @@ from memosys.infra.vault.postgres_schema import (
 )
 from memosys.infra.vault.postgres_schema import migrate as apply_migrations
 from memosys.infra.vault.postgres_search import SearchMixin, _clean, _utc, where_clause
+from memosys.infra.vault.topic_sql import SQLTopics, on_commit_topics, on_purge_topics
 from memosys.types import CubeConfig, MemCube, MemoryItem, Stats
 
 _log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ class _Current:
     has_vector: bool
 
 
-class PostgresVault(SearchMixin, JobsMixin, PostgresImportMixin, SQLGraph, Vault):
+class PostgresVault(SearchMixin, JobsMixin, PostgresImportMixin, SQLGraph, SQLTopics, Vault):
     """`url`: a libpq URL (postgresql://user:pass@host:port/db?sslmode=...).
 
     `pool_size` bounds this process's connections. `migrate=False` refuses to open a
@@ -377,6 +378,9 @@ class PostgresVault(SearchMixin, JobsMixin, PostgresImportMixin, SQLGraph, Vault
         on_commit(PostgresGraphDB(conn), cube_id,
                   [(item, kind == "insert") for item, kind in final.values()],
                   self.graph_deriver)
+        on_commit_topics(PostgresGraphDB(conn), cube_id,
+                         [(item, new_vectors.get(item.id)) for item, _ in final.values()],
+                         self.topic_policy)
         conn.execute(
             "UPDATE cubes SET clock = %s, doc_count = doc_count + %s, "
             "token_count = token_count - %s + "
@@ -492,6 +496,7 @@ class PostgresVault(SearchMixin, JobsMixin, PostgresImportMixin, SQLGraph, Vault
                     [(n, tokens, cube_id) for cube_id, (n, tokens) in sorted(per_cube.items())],
                 )
             on_purge(PostgresGraphDB(conn), found)
+            on_purge_topics(PostgresGraphDB(conn), found, self.topic_policy)
             return len(found)
 
         return self._tx(work)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import psycopg
 
 from memosys.infra.vault.graph_sql import GraphDB
@@ -106,6 +107,13 @@ class PostgresGraphDB(GraphDB):
 
     def any_of(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         return f"{column} = ANY(?)", [[_param(v) for v in values]]
+
+    def vectors(self, ids: Sequence[str]) -> dict[str, Any]:
+        if not ids:
+            return {}
+        rows = self.rows("SELECT item_id, embedding FROM vectors WHERE item_id = ANY(?)",
+                         [list(ids)])
+        return {item_id: np.asarray(vec.to_numpy(), dtype=np.float32) for item_id, vec in rows}
 
     def lock_cube(self, cube_id: str) -> bool:
         # the order `commit` locks in: the cube row first

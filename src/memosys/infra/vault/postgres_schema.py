@@ -17,6 +17,7 @@ import psycopg
 from memosys.errors import StorageError
 from memosys.infra.vault.postgres_governance import GOVERNANCE_SQL
 from memosys.infra.vault.postgres_graph import GRAPH_MIGRATION_SQL
+from memosys.infra.vault.postgres_topics import TOPIC_MIGRATION_SQL
 
 MIGRATION_LOCK = 0x6D656D6F73797301
 """pg_advisory_lock key ("memosys" + 1), per database."""
@@ -155,6 +156,7 @@ MIGRATIONS: tuple[Migration, ...] = (
               GOVERNANCE_SQL),
     Migration(4, "semantic graph: entities, mentions, relations, follows, derived",
               GRAPH_MIGRATION_SQL),
+    Migration(5, "topic index: topics, members, keywords", TOPIC_MIGRATION_SQL),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -32,6 +32,8 @@ from memosys.infra.vault.sqlite_import import SQLiteImportMixin
 from memosys.infra.vault.sqlite_jobs import SQLiteJobsMixin
 from memosys.infra.vault.sqlite_rows import chunks, from_ts, to_ts
 from memosys.infra.vault.sqlite_search import SQLiteSearchMixin, _CubeVectors
+from memosys.infra.vault.sqlite_topics import TOPIC_SCHEMA
+from memosys.infra.vault.topic_sql import SQLTopics, on_commit_topics, on_purge_topics
 from memosys.types import CubeConfig, MemCube, MemoryItem, Stats
 
 SCHEMA_VERSION = 1
@@ -126,7 +128,8 @@ def _item_doc(item: MemoryItem) -> str:
     return item.model_dump_json(exclude={"stats"})
 
 
-class SQLiteVault(SQLiteSearchMixin, SQLiteJobsMixin, SQLiteImportMixin, SQLGraph, Vault):
+class SQLiteVault(SQLiteSearchMixin, SQLiteJobsMixin, SQLiteImportMixin, SQLGraph, SQLTopics,
+                  Vault):
     def __init__(self, path: str | Path, *, ann_threshold: int | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,6 +143,7 @@ class SQLiteVault(SQLiteSearchMixin, SQLiteJobsMixin, SQLiteImportMixin, SQLGrap
         # Idempotent DDL, run outside a transaction: executescript commits on its own.
         self._conn().executescript(_SCHEMA)
         self._conn().executescript(GRAPH_SCHEMA)
+        self._conn().executescript(TOPIC_SCHEMA)
         with self._write() as conn:
             found = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if found is None:
@@ -261,6 +265,9 @@ class SQLiteVault(SQLiteSearchMixin, SQLiteJobsMixin, SQLiteImportMixin, SQLGrap
             # the memories' graph edges change in the same transaction (graph_base.py)
             on_commit(SQLiteGraphDB(conn), cube_id, [(i, i.version == 1) for i in stored],
                       self.graph_deriver)
+            on_commit_topics(SQLiteGraphDB(conn), cube_id,
+                             [(i, w.vector) for i, w in zip(stored, writes, strict=True)],
+                             self.topic_policy)
         return stored
 
     def _apply(
@@ -461,6 +468,8 @@ class SQLiteVault(SQLiteSearchMixin, SQLiteJobsMixin, SQLiteImportMixin, SQLGrap
                     )
                     erased += 1
             on_purge(SQLiteGraphDB(conn), [i for i in dict.fromkeys(ids)])
+            on_purge_topics(SQLiteGraphDB(conn), [i for i in dict.fromkeys(ids)],
+                            self.topic_policy)
             if erased:
                 # FTS5 keeps deleted terms in old segments until they are merged.
                 conn.execute("INSERT INTO items_fts (items_fts) VALUES ('optimize')")

@@ -10,6 +10,8 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from memosys.infra.vault.graph_sql import GraphDB
 
 GRAPH_SCHEMA = """
@@ -93,3 +95,9 @@ class SQLiteGraphDB(GraphDB):
 
     def any_of(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         return f"{column} IN ({','.join('?' * len(values))})", list(values)
+
+    def vectors(self, ids: Sequence[str]) -> dict[str, Any]:
+        where, params = self.any_of("i.id", list(ids))
+        return {item_id: np.frombuffer(blob, dtype=np.float32).copy() for item_id, blob in
+                self.rows("SELECT i.id, v.vec FROM vectors v JOIN items i ON i.rowid = "
+                          f"v.item_rowid WHERE {where}", params)} if ids else {}

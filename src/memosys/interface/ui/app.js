@@ -125,6 +125,7 @@
     }
     await loadMemories();
     if (currentTab() === "audit") await loadAudit();
+    if (ui.views[currentTab()]) await ui.views[currentTab()].load();
   }
 
   // --- memories list ---------------------------------------------------------------
@@ -406,6 +407,7 @@
     for (const v of document.querySelectorAll(".view")) v.hidden = v.dataset.view !== name;
     if (name === "audit") await loadAudit();
     if (name === "scheduler") await loadDecisions();
+    if (ui.views[name]) await ui.views[name].load();
     if (name === "search") $("search-query").focus();
   }
 
@@ -416,7 +418,13 @@
     for (const id of ["cube-list", "memory-rows", "search-results", "audit-rows", "decisions", "history-rows"]) clear($(id));
     $("detail").hidden = true;
     $("memories-title").textContent = "Select a cube";
+    for (const v of Object.values(ui.views)) v.reset();
   }
+
+  // Views in other files (graph.js: graph and topics) register in ui.views and use these.
+  const ui = window.memosysUI = window.memosysUI || { views: {} };
+  Object.assign(ui, { api, el, clear, when, guarded, status, openMemory, showTab,
+                      cube: () => state.cube });
 
   function on(id, event, fn) { $(id).addEventListener(event, (e) => guarded(() => fn(e))); }
 
