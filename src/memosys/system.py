@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from memosys.operation.chat import ChatResult, ChatStream
     from memosys.operation.graph import MemoryGraphAPI
     from memosys.operation.scheduler import MemScheduler
+    from memosys.system_events import EventsAPI
 
 _RETRIES = 12
 MAX_TOP_K = 1000
@@ -141,6 +142,7 @@ class MemOS(GovernanceAPI):
             return
         if getattr(self, "_scheduler", None) is not None:
             self._scheduler.stop()  # its worker uses the vault
+        self.events.stop_dispatcher()  # so does webhook delivery
         self.vault.close()
 
     def __enter__(self) -> MemOS:
@@ -740,6 +742,14 @@ class MemOS(GovernanceAPI):
         from memosys.operation.graph import MemoryGraphAPI
 
         return MemoryGraphAPI(self)
+
+    # --- change events (memosys.system_events; docs/events.md) -------------------------
+    @property
+    def events(self) -> EventsAPI:
+        """The event log, its SSE/webhook delivery, and `publish` for components."""
+        from memosys.system_events import EventsAPI
+
+        return EventsAPI(self)
 
 
 def _backoff(attempt: int) -> None:

@@ -31,8 +31,11 @@ from memosys.infra.vault.base import (
     VersionRecord,
     Write,
 )
+from memosys.infra.vault.events_sql import record_commit, record_purge
 from memosys.infra.vault.fts_query import fts_match_expression
 from memosys.infra.vault.graph_sql import SQLGraph, on_commit, on_purge
+from memosys.infra.vault.sqlite_events import DIALECT as EVENTS
+from memosys.infra.vault.sqlite_events import EVENTS_SCHEMA
 from memosys.infra.vault.sqlite_graph import GRAPH_SCHEMA, SQLiteGraphDB
 from memosys.infra.vault.sqlite_import import SQLiteImportMixin
 from memosys.infra.vault.vector_index import VectorIndex
@@ -161,6 +164,7 @@ class SQLiteVault(SQLiteImportMixin, SQLGraph, Vault):
         # Idempotent DDL, run outside a transaction: executescript commits on its own.
         self._conn().executescript(_SCHEMA)
         self._conn().executescript(GRAPH_SCHEMA)
+        self._conn().executescript(EVENTS_SCHEMA)  # change events (infra/events.py)
         with self._write() as conn:
             found = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if found is None:
@@ -282,6 +286,8 @@ class SQLiteVault(SQLiteImportMixin, SQLGraph, Vault):
             # the memories' graph edges change in the same transaction (graph_base.py)
             on_commit(SQLiteGraphDB(conn), cube_id, [(i, i.version == 1) for i in stored],
                       self.graph_deriver)
+            # and their change events, in the same transaction (infra/events.py)
+            record_commit(conn, EVENTS, stored, [w.op for w in writes])
         return stored
 
     def _apply(
@@ -469,6 +475,7 @@ class SQLiteVault(SQLiteImportMixin, SQLGraph, Vault):
                 rows = conn.execute(
                     f"SELECT rowid, id, cube_id FROM items WHERE id IN ({marks})", chunk
                 ).fetchall()
+                record_purge(conn, EVENTS, [r[1] for r in rows])  # before the rows go
                 for rowid, item_id, cube_id in rows:
                     conn.execute("DELETE FROM items_fts WHERE rowid = ?", (rowid,))
                     conn.execute("DELETE FROM vectors WHERE item_rowid = ?", (rowid,))
