@@ -11,7 +11,6 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,58 +28,9 @@ from memosys.infra.vault.base import Vault, Write
 from memosys.infra.vault.events_backends import event_store
 from memosys.interface.server import create_app
 from memosys.system import MemOS
+from webhook_receiver import Receiver
 
 FAST = DeliveryPolicy(base_delay=0.05, max_delay=0.2, poll=0.05, timeout=5.0, max_attempts=3)
-
-
-# --- a real receiver on loopback ---------------------------------------------------------
-class Receiver:
-    """A threading HTTP server; `respond(request_number) -> status` decides each answer."""
-
-    def __init__(self, respond: Callable[[int], int] = lambda _n: 200) -> None:
-        self.respond = respond
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        self.lock = threading.Lock()
-        self.got = threading.Condition(self.lock)
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                with receiver.lock:
-                    receiver.requests.append((dict(self.headers.items()), body))
-                    n = len(receiver.requests)
-                    receiver.got.notify_all()
-                code = receiver.respond(n)
-                self.send_response(code)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def __enter__(self) -> Receiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def wait_for(self, n: int, timeout: float = 30.0) -> list[tuple[dict[str, str], bytes]]:
-        with self.got:
-            assert self.got.wait_for(lambda: len(self.requests) >= n, timeout), \
-                f"got {len(self.requests)} of {n} requests"
-            return list(self.requests)
-
-    def events(self) -> list[dict[str, Any]]:
-        with self.lock:
-            return [json.loads(b) for _, b in self.requests]
 
 
 def _until(check: Callable[[], Any], timeout: float = 30.0) -> Any:
@@ -445,3 +395,47 @@ def test_webhooks_over_rest(mos: MemOS) -> None:
         assert paused["active"] is False
         assert c.delete(f"/api/v1/webhooks/{hook['id']}").json() == {"removed": True}
         assert c.get(f"/api/v1/webhooks/{hook['id']}").status_code == 404
+
+
+# --- CLI and retention -------------------------------------------------------------------
+def test_cli_events_and_webhooks(home: Path, embedder) -> None:
+    from typer.testing import CliRunner
+
+    from memosys.interface.cli import app
+
+    runner = CliRunner()
+
+    def cli(*args: str) -> Any:
+        result = runner.invoke(app, [*args, "--home", str(home)])
+        assert result.exit_code == 0, result.output + str(result.exception or "")
+        return result.stdout
+
+    cli("cubes", "create", "notes")
+    with Receiver() as receiver:
+        hook = json.loads(cli("webhooks", "add", receiver.url, "--kinds", "created", "--json"))
+        assert hook["secret"]
+        cli("add", "Hana keeps bees", "-c", "notes")
+        page = json.loads(cli("events", "list", "--json"))
+        assert [e["kind"] for e in page["events"]] == ["created"]
+        cli("events", "dispatch", "--seconds", "3")
+        [(headers, body)] = receiver.wait_for(1)
+    assert verify(hook["secret"], headers, body)
+    [delivery] = json.loads(cli("webhooks", "deliveries", hook["id"], "--json"))
+    assert delivery["state"] == "delivered"
+    [attempt] = json.loads(cli("webhooks", "attempts", hook["id"], "--json"))
+    assert attempt["status_code"] == 200
+    assert [h["id"] for h in json.loads(cli("webhooks", "list", "--json"))] == [hook["id"]]
+    cli("webhooks", "remove", hook["id"])
+    assert json.loads(cli("events", "prune", "--older-than-days", "0", "--json")) == \
+        {"removed": 1}
+
+
+def test_prune_keeps_what_a_webhook_still_needs(mos: MemOS) -> None:
+    mos.create_cube("c")
+    mos.add("c", "before the webhook")
+    hook = mos.events.add_webhook("http://127.0.0.1:9/never")  # nothing listens there
+    mos.add("c", "after the webhook")
+    assert mos.events.store.prune(time.time() + 1) == 1  # the first: no webhook needs it
+    assert [e.payload["text"] for e in mos.events.list().events] == ["after the webhook"]
+    mos.events.remove_webhook(hook.id)
+    assert mos.events.store.prune(time.time() + 1) == 1

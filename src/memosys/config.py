@@ -23,6 +23,7 @@ _ENV = {
     "llm_cache_dir": "MEMOSYS_LLM_CACHE_DIR",
     "graph": "MEMOSYS_GRAPH",
     "graph_search": "MEMOSYS_GRAPH_SEARCH",
+    "webhooks": "MEMOSYS_WEBHOOKS",
 }
 
 
@@ -51,6 +52,8 @@ class Settings:
     """Keep the semantic graph (entities, relations) current as memories are written."""
     graph_search: bool = False
     """Add the graph stage to retrieval (docs/graph.md: measured, off by default)."""
+    webhooks: bool = True
+    """`memosys serve` runs the webhook dispatcher (docs/events.md)."""
 
     @property
     def sqlite_path(self) -> Path:
@@ -89,7 +92,7 @@ class Settings:
             raise ValidationError("ann_threshold must be an integer") from None
         if values.get("retrieval", "pipeline") not in ("pipeline", "hybrid", "conversational"):
             raise ValidationError("retrieval must be 'pipeline' or 'hybrid'")
-        for flag in ("graph", "graph_search"):
+        for flag in ("graph", "graph_search", "webhooks"):
             if flag in values:
                 values[flag] = _flag(flag, values[flag])
         if values.get("llm_cache_dir") is not None:

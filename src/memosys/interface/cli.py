@@ -21,6 +21,7 @@ from rich.table import Table
 from memosys.errors import MemosysError, ValidationError
 from memosys.interface.cli_activation import register as register_activation
 from memosys.interface.cli_db import db_app
+from memosys.interface.cli_events import register as register_events
 from memosys.interface.cli_exchange import register as register_exchange
 from memosys.interface.cli_governance import register, runtime
 from memosys.interface.cli_graph import bench_graph, graph_app
@@ -48,6 +49,7 @@ register(app, bench_app)  # users, keys, share, acl, policy, audit, lifecycle, r
 register_parametric(app, bench_app)
 register_activation(app, bench_app)  # chat, activation, bench ttft
 app.add_typer(graph_app, name="graph")
+register_events(app)  # events, webhooks
 bench_app.command("graph")(bench_graph)
 
 out = Console()

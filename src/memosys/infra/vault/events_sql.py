@@ -262,8 +262,8 @@ class SQLEventStore:
         return [event_from_row(r) for r in rows]
 
     def prune(self, before: float) -> int:
-        """Forget events older than `before` (epoch seconds) that no delivery still
-        waits for; returns how many went."""
+        """Forget events older than `before` (epoch seconds) that no webhook still needs
+        (pending, or not fanned out yet); returns how many went."""
         def work(conn: Any) -> int:
             conn.execute(self._q(
                 "DELETE FROM event_attempts WHERE event_seq IN (SELECT seq FROM events "
@@ -272,9 +272,12 @@ class SQLEventStore:
             conn.execute(self._q(
                 "DELETE FROM event_deliveries WHERE state != 'pending' AND event_seq IN "
                 "(SELECT seq FROM events WHERE at < ?)"), (before,))
+            # kept: what a delivery waits for, and what a webhook has not fanned out yet
             cur = conn.execute(self._q(
                 "DELETE FROM events WHERE at < ? AND seq NOT IN "
-                "(SELECT event_seq FROM event_deliveries)"), (before,))
+                "(SELECT event_seq FROM event_deliveries) AND seq <= "
+                "(SELECT coalesce(min(cursor), 9000000000000000000) FROM event_webhooks)"),
+                (before,))
             return int(cur.rowcount or 0)
 
         return int(self._tx(work))
