@@ -164,8 +164,10 @@ class Dispatcher:
         error: str | None = None
         started = time.perf_counter()
         try:
-            response = self._client.post(claim.webhook.url, content=body, headers=headers)
-            status = response.status_code
+            # streamed and never read: a receiver's answer body cannot fill our memory
+            with self._client.stream("POST", claim.webhook.url, content=body,
+                                     headers=headers) as response:
+                status = response.status_code
             if not 200 <= status < 300:
                 error = f"HTTP {status}"
         except httpx.HTTPError as exc:
