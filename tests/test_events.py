@@ -439,3 +439,19 @@ def test_prune_keeps_what_a_webhook_still_needs(mos: MemOS) -> None:
     assert [e.payload["text"] for e in mos.events.list().events] == ["after the webhook"]
     mos.events.remove_webhook(hook.id)
     assert mos.events.store.prune(time.time() + 1) == 1
+
+
+def test_bench_events_reports_its_table_and_json(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from memosys.bench.events import run_events_bench
+
+    out = tmp_path / "events.json"
+    run_events_bench(n=20, deliveries=3, json_file=out, rounds=1,
+                     console=Console(file=open(tmp_path / "table.txt", "w")))  # noqa: SIM115
+    found = json.loads(out.read_text())
+    assert found["commits"] == 30
+    assert found["capture"]["commits_per_s_on"] > 0
+    assert found["hanging_receiver"]["requests_held_open"] >= 1
+    assert found["delivery_latency_ms"]["delivered"] == 3
+    assert "capture on / off" in (tmp_path / "table.txt").read_text()

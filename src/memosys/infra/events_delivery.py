@@ -141,7 +141,10 @@ class Dispatcher:
         try:
             self.deliver(claim)
         except Exception:
-            _log.exception("recording a webhook delivery failed")
+            if self._stop.is_set():  # shut down mid-call: the lease hands it to a retry
+                _log.debug("delivery %s interrupted by shutdown", claim.delivery.id)
+            else:
+                _log.exception("recording a webhook delivery failed")
         finally:
             with self._busy_lock:
                 self._busy -= 1

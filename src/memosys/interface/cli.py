@@ -49,7 +49,7 @@ register(app, bench_app)  # users, keys, share, acl, policy, audit, lifecycle, r
 register_parametric(app, bench_app)
 register_activation(app, bench_app)  # chat, activation, bench ttft
 app.add_typer(graph_app, name="graph")
-register_events(app)  # events, webhooks
+register_events(app, bench_app)  # events, webhooks, bench events
 bench_app.command("graph")(bench_graph)
 
 out = Console()

@@ -7,13 +7,22 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from memosys.infra.events import Event
-from memosys.interface.cli_common import HomeOpt, JsonOpt, err, out, print_json, runtime
+from memosys.interface.cli_common import (
+    HomeOpt,
+    JsonOpt,
+    err,
+    guarded,
+    out,
+    print_json,
+    runtime,
+)
 
 events_app = typer.Typer(help="Change events: list, follow, dispatch webhooks.",
                          no_args_is_help=True)
@@ -215,7 +224,23 @@ def retry(hook_id: str, delivery_id: str,
     out.print(f"delivery {d.id} is {d.state} again")
 
 
-def register(app: typer.Typer) -> None:
+def bench_events(
+    n: Annotated[int, typer.Option("--n", help="Memories added (then half updated).")] = 1000,
+    deliveries: Annotated[int, typer.Option(help="Webhook deliveries timed.")] = 200,
+    json_file: Annotated[Path | None, typer.Option("--json", help="Write results here.")]
+    = None,
+) -> None:
+    """What event capture costs a commit, writes while a receiver hangs, webhook latency."""
+    from memosys.bench.events import run_events_bench
+
+    if n < 10 or deliveries < 1:
+        raise typer.BadParameter("need --n >= 10 and --deliveries >= 1")
+    with guarded():
+        run_events_bench(n, deliveries, json_file, out)
+
+
+def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     """Called once from memosys.interface.cli."""
     app.add_typer(events_app, name="events")
     app.add_typer(webhooks_app, name="webhooks")
+    bench_app.command("events")(bench_events)
