@@ -455,3 +455,20 @@ def test_bench_events_reports_its_table_and_json(tmp_path: Path) -> None:
     assert found["hanging_receiver"]["requests_held_open"] >= 1
     assert found["delivery_latency_ms"]["delivered"] == 3
     assert "capture on / off" in (tmp_path / "table.txt").read_text()
+
+
+def test_webhook_input_is_checked(mos: MemOS) -> None:
+    mos.create_cube("c")
+    for bad in ({"url": "not a url"}, {"url": "file:///etc/passwd"},
+                {"url": "http://127.0.0.1:9/x", "secret": "short"},
+                {"url": "http://127.0.0.1:9/x", "kinds": ["exploded"]}):
+        with pytest.raises(ValidationError):
+            mos.events.add_webhook(**bad)  # type: ignore[arg-type]
+    with pytest.raises(NotFoundError):
+        mos.events.add_webhook("http://127.0.0.1:9/x", cubes=["no-such-cube"])
+    with pytest.raises(NotFoundError):
+        mos.events.remove_webhook("no-such-webhook")
+    hook = mos.events.add_webhook("http://127.0.0.1:9/x")
+    assert mos.events.webhook(hook.id).secret == ""  # never shown again
+    with pytest.raises(ValidationError):
+        mos.events.deliveries(hook.id, state="lost")
