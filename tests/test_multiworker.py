@@ -195,3 +195,26 @@ def test_background_jobs_are_processed_exactly_once(service: Service) -> None:
     assert extracted, "the rules extractor found nothing"
     texts = Counter(i["text"] for i in extracted)
     assert set(texts.values()) == {1}, texts
+
+
+def test_each_event_is_delivered_once_by_two_workers_dispatchers(service: Service) -> None:
+    """Both `memosys serve` processes run a webhook dispatcher on the shared outbox
+    (docs/events.md): every event reaches the receiver, none twice."""
+    from webhook_receiver import Receiver
+
+    with Receiver() as receiver:
+        made = service.a.post("/api/v1/webhooks", json={"url": receiver.url,
+                                                        "cubes": ["shared"],
+                                                        "kinds": ["created"]})
+        assert made.status_code == 201, made.text
+        ids = [_add(http, f"evented note {i}")["items"][0]["id"]
+               for i in range(10) for http in (service.a, service.b)]
+        receiver.wait_for(20, timeout=120)
+        time.sleep(2)  # a duplicate would arrive now
+        events = receiver.events()
+    assert sorted(e["memory_id"] for e in events) == sorted(ids)
+    assert len({e["id"] for e in events}) == 20
+    hook = made.json()["id"]
+    deliveries = service.b.get(f"/api/v1/webhooks/{hook}/deliveries",
+                               params={"limit": 100}).json()["items"]
+    assert len(deliveries) == 20 and {d["attempts"] for d in deliveries} == {1}

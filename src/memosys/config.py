@@ -27,6 +27,7 @@ _ENV = {
     "topics": "MEMOSYS_TOPICS",
     "topic_search": "MEMOSYS_TOPIC_SEARCH",
     "topic_threshold": "MEMOSYS_TOPIC_THRESHOLD",
+    "webhooks": "MEMOSYS_WEBHOOKS",
 }
 
 
@@ -64,6 +65,8 @@ class Settings:
     """Add the topic stage to retrieval (docs/graph.md: measured, off by default)."""
     topic_threshold: float = 0.45
     """Cosine similarity to a topic's centroid a new memory needs to join it."""
+    webhooks: bool = True
+    """`memosys serve` runs the webhook dispatcher (docs/events.md)."""
 
     @property
     def sqlite_path(self) -> Path:
@@ -116,7 +119,7 @@ class Settings:
                 raise ValidationError("topic_threshold must be a number") from None
             if not -1.0 <= values["topic_threshold"] <= 1.0:
                 raise ValidationError("topic_threshold must be between -1 and 1")
-        for flag in ("graph", "graph_search", "topics", "topic_search"):
+        for flag in ("graph", "graph_search", "topics", "topic_search", "webhooks"):
             if flag in values:
                 values[flag] = _flag(flag, values[flag])
         if values.get("llm_cache_dir") is not None:

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from memosys.operation.scheduler import MemScheduler
     from memosys.operation.skills import DistilReport, SkillMatch, SkillMemory
     from memosys.operation.topics import Overview, Topic, TopicsAPI
+    from memosys.system_events import EventsAPI
 
 _RETRIES = 12
 MAX_TOP_K = 1000
@@ -145,6 +146,7 @@ class MemOS(GovernanceAPI):
             return
         if getattr(self, "_scheduler", None) is not None:
             self._scheduler.stop()  # its worker uses the vault
+        self.events.stop_dispatcher()  # so does webhook delivery
         self.vault.close()
 
     def __enter__(self) -> MemOS:
@@ -879,6 +881,13 @@ class MemOS(GovernanceAPI):
         from memosys.operation.consolidate import Consolidator
 
         return Consolidator(self).rollback(run_id)
+    # --- change events (memosys.system_events; docs/events.md) -------------------------
+    @property
+    def events(self) -> EventsAPI:
+        """The event log, its SSE/webhook delivery, and `publish` for components."""
+        from memosys.system_events import EventsAPI
+
+        return EventsAPI(self)
 
 
 def _backoff(attempt: int) -> None:

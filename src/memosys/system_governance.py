@@ -26,6 +26,7 @@ from memosys.errors import (
     PermissionDeniedError,
     ValidationError,
 )
+from memosys.infra.events import event_actor
 from memosys.infra.governance import (
     DEFAULT_KEY_SCOPES,
     LOCAL_ADMIN,
@@ -81,6 +82,7 @@ class GovernanceAPI:
         if found is None or found.principal is not self._actor:
             found = Access(self, self._actor)  # type: ignore[arg-type]
             self.__dict__["_access_cache"] = found
+        event_actor.set(self._actor.user_id)  # every API call passes here: events' actor
         return found
 
     def as_actor(self, principal: Principal) -> MemOS:

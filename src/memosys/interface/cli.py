@@ -31,6 +31,7 @@ from memosys.interface.cli_common import (
 )
 from memosys.interface.cli_consolidate import register as register_consolidate
 from memosys.interface.cli_db import db_app
+from memosys.interface.cli_events import register as register_events
 from memosys.interface.cli_exchange import register as register_exchange
 from memosys.interface.cli_extraction import register as register_extraction
 from memosys.interface.cli_governance import register
@@ -62,6 +63,7 @@ register_activation(app, bench_app)  # chat, activation, bench ttft
 register_consolidate(app, bench_app)  # consolidate, bench consolidate
 app.add_typer(graph_app, name="graph")
 register_extraction(app)  # extraction show|set|test
+register_events(app, bench_app)  # events, webhooks, bench events
 bench_app.command("graph")(bench_graph)
 register_skills(app, bench_app)  # skills record|distil|list|show|find, bench skills
 

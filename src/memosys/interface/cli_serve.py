@@ -40,6 +40,8 @@ def serve(
         config = ServerConfig(open_access=None if is_loopback(host) else False,
                               max_body_bytes=max_body, model_name=model_name)
         app = create_app(mos, config)
+        if mos.settings.webhooks:
+            mos.events.start_dispatcher()  # webhook delivery (docs/events.md)
         mode = "API keys" if has_keys else "open (loopback only, no API keys configured)"
         err.print(f"memosys serving on http://{host}:{port} — auth: {mode}; docs at /docs")
         uvicorn.run(app, host=host, port=port, log_level=log_level)

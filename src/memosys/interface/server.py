@@ -112,6 +112,9 @@ def create_app(mos: MemOS, config: ServerConfig | None = None) -> FastAPI:
     from memosys.interface.rest_graph import router as graph_router
 
     app.include_router(graph_router)
+    from memosys.interface.rest_events import router as events_router
+
+    app.include_router(events_router)
     mount_ui(app)
     # The last added runs outermost: metrics see every response (a 413 included), and the
     # size limit runs before anything reads the body.

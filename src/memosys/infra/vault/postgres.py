@@ -42,7 +42,9 @@ from memosys.infra.vault.base import (
     VersionRecord,
     Write,
 )
+from memosys.infra.vault.events_sql import record_commit, record_purge
 from memosys.infra.vault.graph_sql import SQLGraph, on_commit, on_purge
+from memosys.infra.vault.postgres_events import DIALECT as EVENTS
 from memosys.infra.vault.postgres_graph import PostgresGraphDB
 from memosys.infra.vault.postgres_import import PostgresImportMixin
 from memosys.infra.vault.postgres_jobs import JobsMixin
@@ -387,6 +389,8 @@ class PostgresVault(SearchMixin, JobsMixin, PostgresImportMixin, SQLGraph, SQLTo
             "(SELECT coalesce(sum(doc_len), 0) FROM items WHERE id = ANY(%s)) WHERE id = %s",
             (clock, len(inserts), sum(existed.values()), list(final), cube_id),
         )
+        # change events, in this transaction and last (postgres_events.py)
+        record_commit(conn, EVENTS, stored, [w.op for w in writes])
         return stored, doc_count, doc_count + len(inserts), ann_index is not None
 
     def _after_growth(self, cube_id: str, before: int, after: int, indexed: bool) -> None:
@@ -481,6 +485,7 @@ class PostgresVault(SearchMixin, JobsMixin, PostgresImportMixin, SQLGraph, SQLTo
             found = [r[0] for r in rows]
             if not found:
                 return 0
+            record_purge(conn, EVENTS, found)  # before the rows go
             with conn.cursor() as cur:
                 for table, column in (("vectors", "item_id"), ("item_stats", "item_id"),
                                       ("item_versions", "item_id"), ("items", "id")):

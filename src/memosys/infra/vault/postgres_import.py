@@ -12,7 +12,9 @@ from psycopg import errors as pg_errors
 
 from memosys.errors import ConflictError, NotFoundError
 from memosys.infra.vault.base import ImportedItem
+from memosys.infra.vault.events_sql import record_import, record_wipe
 from memosys.infra.vault.import_batch import check_batch, clock_map
+from memosys.infra.vault.postgres_events import DIALECT as EVENTS
 from memosys.types import MemCube
 
 if TYPE_CHECKING:
@@ -78,6 +80,7 @@ def _import(
         raise NotFoundError(f"no cube {cube_id!r}")
     clock, dim, doc_count, ann_index = row
     if wipe:
+        record_wipe(conn, EVENTS, cube_id)
         with conn.cursor() as cur:
             for table in ("vectors", "item_stats", "item_versions"):
                 key = "item_id IN (SELECT id FROM items WHERE cube_id = %s)"
@@ -148,4 +151,6 @@ def _import(
         "(SELECT coalesce(sum(doc_len), 0) FROM items WHERE id = ANY(%s)) WHERE id = %s",
         (new_clock, len(inserts), old_tokens, ids, cube_id),
     )
+    record_import(conn, EVENTS, cube_id, [(e.versions[-1].item, e.versions[0].item.id in current)
+                                          for e in batch])
     return new_clock, doc_count, doc_count + len(inserts), ann_index is not None

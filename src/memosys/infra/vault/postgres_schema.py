@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import psycopg
 
 from memosys.errors import StorageError
+from memosys.infra.vault.postgres_events import EVENTS_SQL
 from memosys.infra.vault.postgres_governance import GOVERNANCE_SQL
 from memosys.infra.vault.postgres_graph import GRAPH_MIGRATION_SQL
 from memosys.infra.vault.postgres_topics import TOPIC_MIGRATION_SQL
@@ -157,6 +158,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "semantic graph: entities, mentions, relations, follows, derived",
               GRAPH_MIGRATION_SQL),
     Migration(5, "topic index: topics, members, keywords", TOPIC_MIGRATION_SQL),
+    Migration(6, "change events: outbox, webhooks, deliveries, attempts", EVENTS_SQL),
 )
 LATEST = MIGRATIONS[-1].version
 

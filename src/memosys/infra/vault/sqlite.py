@@ -26,7 +26,10 @@ from memosys.infra.vault.base import (
     VersionRecord,
     Write,
 )
+from memosys.infra.vault.events_sql import record_commit, record_purge
 from memosys.infra.vault.graph_sql import SQLGraph, on_commit, on_purge
+from memosys.infra.vault.sqlite_events import DIALECT as EVENTS
+from memosys.infra.vault.sqlite_events import EVENTS_SCHEMA
 from memosys.infra.vault.sqlite_graph import GRAPH_SCHEMA, SQLiteGraphDB
 from memosys.infra.vault.sqlite_import import SQLiteImportMixin
 from memosys.infra.vault.sqlite_jobs import SQLiteJobsMixin
@@ -144,6 +147,7 @@ class SQLiteVault(SQLiteSearchMixin, SQLiteJobsMixin, SQLiteImportMixin, SQLGrap
         self._conn().executescript(_SCHEMA)
         self._conn().executescript(GRAPH_SCHEMA)
         self._conn().executescript(TOPIC_SCHEMA)
+        self._conn().executescript(EVENTS_SCHEMA)  # change events (infra/events.py)
         with self._write() as conn:
             found = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if found is None:
@@ -268,6 +272,8 @@ class SQLiteVault(SQLiteSearchMixin, SQLiteJobsMixin, SQLiteImportMixin, SQLGrap
             on_commit_topics(SQLiteGraphDB(conn), cube_id,
                              [(i, w.vector) for i, w in zip(stored, writes, strict=True)],
                              self.topic_policy)
+            # and their change events, in the same transaction (infra/events.py)
+            record_commit(conn, EVENTS, stored, [w.op for w in writes])
         return stored
 
     def _apply(
@@ -456,6 +462,7 @@ class SQLiteVault(SQLiteSearchMixin, SQLiteJobsMixin, SQLiteImportMixin, SQLGrap
                 rows = conn.execute(
                     f"SELECT rowid, id, cube_id FROM items WHERE id IN ({marks})", chunk
                 ).fetchall()
+                record_purge(conn, EVENTS, [r[1] for r in rows])  # before the rows go
                 for rowid, item_id, cube_id in rows:
                     conn.execute("DELETE FROM items_fts WHERE rowid = ?", (rowid,))
                     conn.execute("DELETE FROM vectors WHERE item_rowid = ?", (rowid,))

@@ -10,7 +10,9 @@ import numpy as np
 
 from memosys.errors import ConflictError, NotFoundError
 from memosys.infra.vault.base import ImportedItem
+from memosys.infra.vault.events_sql import record_import, record_wipe
 from memosys.infra.vault.import_batch import check_batch, clock_map
+from memosys.infra.vault.sqlite_events import DIALECT as EVENTS
 from memosys.infra.vault.sqlite_rows import chunks
 from memosys.types import MemCube, MemoryItem
 
@@ -45,12 +47,16 @@ class SQLiteImportMixin:
                 raise NotFoundError(f"no cube {cube_id!r}")
             clock, dim = row[0], MemCube.model_validate_json(row[1]).config.embedding_dim
             if wipe:
+                record_wipe(conn, EVENTS, cube_id)
                 _wipe_cube(conn, cube_id)
             clocks = clock_map(batch, clock, wipe)
             for entry in batch:
                 _load_entry(self, conn, cube_id, dim, entry, clocks)
             new_clock = max([clock, *clocks.values()])
             conn.execute("UPDATE cubes SET clock = ? WHERE id = ?", (new_clock, cube_id))
+            record_import(conn, EVENTS, cube_id, [
+                (e.versions[-1].item, e.expected_version is not None and not wipe)
+                for e in batch])
         return new_clock
 
     def vectors(self: SQLiteVault, ids: Sequence[str]) -> dict[str, np.ndarray]:
