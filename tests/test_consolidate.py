@@ -86,6 +86,10 @@ def test_duplicates_merged_and_then_rolled_back_as_one_unit(
         mos.rollback_consolidation(run.id)
     with pytest.raises(ValidationError):
         mos.rollback_consolidation(dry.id)
+    # the run and its rollback are each one `consolidated` change event (webhooks, SSE)
+    events = mos.events.list(cube="c", kinds="consolidated", limit=10).events
+    assert [e.payload.get("run") for e in events] == [run.id, run.id]
+    assert events[0].payload.get("merge") == 1 and events[1].payload.get("rolled_back")
     ops = [e.op for e in mos.audit_log(cube="c", limit=50)]
     assert "consolidate" in ops and "consolidate.rollback" in ops
 

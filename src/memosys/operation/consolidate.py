@@ -173,6 +173,10 @@ class Consolidator:
         self.mos._audit("consolidate", cube_id=found.id,
                         items=[(c.item_id, c.after) for c in run.changes],
                         detail={"run": run_id, "dry_run": dry_run, **run.counts()})
+        if not dry_run:  # one event for the run; its writes have their own events already
+            self.mos.events.publish("consolidated", found.id,
+                                    [c.item_id for c in run.changes],
+                                    {"run": run_id, **run.counts()})
         return run
 
     def _live(self, cube_id: str) -> list[MemoryItem]:
@@ -359,6 +363,8 @@ class Consolidator:
         mos.vault.finish_job(run.id, result=run.as_dict())
         mos._audit("consolidate.rollback", cube_id=run.cube_id, items=stored,
                    detail={"run": run.id, "memories": len(stored)})
+        mos.events.publish("consolidated", run.cube_id, [s.id for s in stored],
+                           {"run": run.id, "rolled_back": True})
         return run
 
     def stale(self, cube: str) -> list[tuple[MemoryItem, str]]:
