@@ -300,3 +300,14 @@ def test_replay_kl_is_zero_for_the_base_function_and_positive_otherwise(llm: Loc
         assert float(mixed) > kl  # the fact row's cross-entropy is far above the KL
     finally:
         bank.remove("kl")
+
+
+def test_replay_prompts_are_disjoint_from_the_forgetting_questions() -> None:
+    from memosys.memories.parametric_data import REPLAY_PROMPTS, UNRELATED_QUESTIONS
+
+    def norm(q: str) -> str:
+        return " ".join("".join(c.lower() if c.isalnum() else " " for c in q).split())
+
+    held_out = {norm(q) for q, _ in UNRELATED_QUESTIONS}
+    assert len(set(REPLAY_PROMPTS)) == len(REPLAY_PROMPTS)
+    assert not held_out & {norm(q) for q in REPLAY_PROMPTS}
