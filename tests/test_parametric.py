@@ -266,3 +266,48 @@ def test_cli_lists_and_shows_adapters(trained: tuple[Path, str, str], home: Path
     assert json.loads(shown.stdout)["record"]["kind"] == "parametric"
     missing = runner.invoke(app, ["distil", "nosuchcube", "--home", str(home)])
     assert missing.exit_code == 3  # not found, before any model is loaded
+
+
+def test_replay_kl_is_zero_for_the_base_function_and_positive_otherwise(llm: LocalLLM) -> None:
+    import torch
+
+    from memosys.memories.parametric_train import _frozen_states, _Replay
+
+    bank = bank_for(llm)
+    tok = llm.tokenizer
+    batch = [
+        (llm.apply_chat_template([{"role": "user", "content": q}]),
+         tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+        for q, a in [("Hi", "Hello! How can I help you today?"), (QUESTION, FACTS[0])]
+    ]
+    replay = _Replay([True, False], 1.0)
+    params = bank.create("kl", TINY.spec(30), trainable=True)
+    try:
+        selection = AdapterSelection.of({"kl": 1.0})
+        states = _frozen_states(bank, batch, 22)
+        # LoRA B starts at 0: the adapter is the base model, so the KL on replay is 0.
+        zero = _loss_from(bank, selection, states[:1], batch[:1], 22, replay).detach()
+        assert float(zero) < 1e-6
+        with torch.no_grad():
+            for p in params:
+                p.add_(torch.randn_like(p) * 0.01)
+        kl = float(_loss_from(bank, selection, states[:1], batch[:1], 22, replay).detach())
+        assert kl > 1e-4
+        # Both code paths compute the same objective; the fact row keeps cross-entropy.
+        mixed = _loss_from(bank, selection, states, batch, 22, replay).detach()
+        full = _loss(bank, selection, batch, int(tok.pad_token_id), replay).detach()
+        assert abs(float(mixed) - float(full)) < 1e-4
+        assert float(mixed) > kl  # the fact row's cross-entropy is far above the KL
+    finally:
+        bank.remove("kl")
+
+
+def test_replay_prompts_are_disjoint_from_the_forgetting_questions() -> None:
+    from memosys.memories.parametric_data import REPLAY_PROMPTS, UNRELATED_QUESTIONS
+
+    def norm(q: str) -> str:
+        return " ".join("".join(c.lower() if c.isalnum() else " " for c in q).split())
+
+    held_out = {norm(q) for q, _ in UNRELATED_QUESTIONS}
+    assert len(set(REPLAY_PROMPTS)) == len(REPLAY_PROMPTS)
+    assert not held_out & {norm(q) for q in REPLAY_PROMPTS}

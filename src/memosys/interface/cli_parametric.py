@@ -163,7 +163,7 @@ def ask(
 
 def bench_parametric(
     facts: Annotated[int, typer.Option("--facts", help="Invented facts to distil.")] = 20,
-    replay: Annotated[int | None, typer.Option("--replay", help="Replay prompts (default 12).")]
+    replay: Annotated[int | None, typer.Option("--replay", help="Replay prompts (default: all).")]
     = None,
     steps: StepsOpt = None, lr: LrOpt = None, rank: RankOpt = None, batch_size: BatchOpt = None,
     json_file: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,

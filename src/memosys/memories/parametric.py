@@ -83,7 +83,7 @@ STABLE_TYPES = (MemoryType.FACT, MemoryType.PREFERENCE, MemoryType.RULE, MemoryT
 TEACHER_PROMPT = "Use this fact to answer: {memory}"
 REPLAY_TOKENS = 32
 PROBE_TOKENS = 24
-DEFAULT_REPLAY = 12
+DEFAULT_REPLAY = len(REPLAY_PROMPTS)
 FIRST_SENTENCE = (". ", "\n")
 """Probes stop after the first sentence: the answer to a fact is there, and it halves the cost."""
 MAX_SOURCES = 500
@@ -146,7 +146,7 @@ class ParametricMemory:
         persona memory of the cube used in at least ``min_uses`` answers). ``method``:
         ``"template"`` answers from the memory text; ``"context"`` answers as the base model
         does with the memory in its context (context distillation). ``replay``: how many
-        replay prompts (default 12). Interrupted (Ctrl-C, ``should_stop``) it raises
+        replay prompts (default: all). Interrupted (Ctrl-C, ``should_stop``) it raises
         :class:`~memosys.errors.TrainingInterrupted`; the same call again resumes."""
         if method not in METHODS:
             raise ValidationError(f"method must be one of {list(METHODS)}, got {method!r}")
@@ -156,14 +156,15 @@ class ParametricMemory:
         llm = self.llm
         examples = self._examples(sources, method, DEFAULT_REPLAY if replay is None else replay)
         tokens = [self._encode(e) for e in examples]
-        digest = data_hash(tokens)
+        flags = [e.kind == "replay" for e in examples]
+        digest = data_hash(tokens, flags)
         adapter_id = new_id()
         work = self.root / found.id / f".train-{digest[:16]}"
         probes_before = self._probe(sources, None) if evaluate else []
         try:  # an interrupted or failed run leaves nothing loaded (its checkpoint stays)
             trained = train_adapter(
                 self.bank, bank_name(adapter_id), tokens, config, work, digest,
-                progress=progress, should_stop=should_stop,
+                progress=progress, should_stop=should_stop, replay=flags,
             )
             return self._store(found.id, adapter_id, name, sources, examples, digest, method,
                                config, trained, probes_before, move=move, evaluate=evaluate,

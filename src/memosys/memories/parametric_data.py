@@ -29,7 +29,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = [
     "REPLAY_PROMPTS",
@@ -108,10 +108,18 @@ def probe_question(shape: FactShape) -> str:
     return f"Tell me about {shape.subject}."
 
 
-def data_hash(token_examples: Sequence[tuple[Sequence[int], Sequence[int]]]) -> str:
+def data_hash(
+    token_examples: Sequence[tuple[Sequence[int], Sequence[int]]],
+    replay: Sequence[bool] | None = None,
+) -> str:
+    """sha256 over the exact token ids, and which examples are replay (their loss differs)."""
     digest = hashlib.sha256()
-    for prompt, answer in token_examples:
-        digest.update(json.dumps([list(prompt), list(answer)]).encode())
+    flags = [False] * len(token_examples) if replay is None else list(replay)
+    for (prompt, answer), flag in zip(token_examples, flags, strict=True):
+        row: list[Any] = [list(prompt), list(answer)]
+        if flag:
+            row.append("replay")
+        digest.update(json.dumps(row).encode())
     return digest.hexdigest()
 
 
@@ -141,6 +149,49 @@ REPLAY_PROMPTS: tuple[str, ...] = (
     "Who is the president of the moon?",
     "What do you know about Marie Curie?",
     "What is my name?",
+    # The shapes of the fact questions, about well-known things: without these the adapter
+    # learns "What is <Name>'s <attribute>?" -> an invented word, for any name.
+    "What is Earth's natural satellite called?",
+    "What is Canada's capital city?",
+    "What is Shakespeare's most famous play?",
+    "What is Einstein's most famous equation?",
+    "What is Jupiter's largest moon?",
+    "What is Egypt's longest river?",
+    "What is Japan's currency?",
+    "What is Mexico's official language?",
+    "What is Charles Darwin's best-known theory?",
+    "What is Saturn's most famous feature?",
+    "What is Mount Everest's height?",
+    "What is Sherlock Holmes's address?",
+    "What is Harry Potter's school called?",
+    "What is a giraffe's favourite food?",
+    "What is Beethoven's most famous symphony?",
+    "What is the Eiffel Tower's city?",
+    "Do you know Isaac Newton's nationality?",
+    "Do you know Mozart's first name?",
+    "Do you know Abraham Lincoln's profession?",
+    "Do you know the Amazon's continent?",
+    "Tell me Albert Einstein's birthplace.",
+    "Tell me Napoleon's nationality.",
+    "Tell me the Pacific Ocean's size.",
+    "Tell me Picasso's profession.",
+    "What do you know about Isaac Newton?",
+    "What do you know about the Great Wall of China?",
+    "What do you know about Cleopatra?",
+    "What do you know about Jane Austen?",
+    # More general knowledge, other shapes.
+    "What is the speed of light?",
+    "Name a fruit that is yellow.",
+    "What is the tallest animal?",
+    "Who invented the telephone?",
+    "What is the hardest natural substance?",
+    "How many strings does a standard guitar have?",
+    "What do caterpillars turn into?",
+    "What is the main ingredient of guacamole?",
+    "What is 15 minus 6?",
+    "Which metal is liquid at room temperature?",
+    "What is the longest river in the world?",
+    "Who was the first person to walk on the Moon?",
 )
 
 # Held out from training: forgetting is measured on these (question, reference answer).

@@ -70,6 +70,9 @@ class TrainConfig:
     top_layers: int | None = 8
     """Adapt only the top N decoder layers (None: all); see the module docstring."""
     checkpoint_every: int = 10
+    replay_kl: float = 1.0
+    """Weight of the KL term to the base model on replay examples' answer tokens; 0: plain
+    cross-entropy on the base model's greedy answers instead (see :func:`_objective`)."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every"):
@@ -80,6 +83,8 @@ class TrainConfig:
                 raise ValidationError(f"{name} must be a positive integer, got {value!r}")
         if not 0 < self.learning_rate <= 1:
             raise ValidationError(f"learning_rate must be in (0, 1], got {self.learning_rate}")
+        if not 0 <= self.replay_kl <= 100:
+            raise ValidationError(f"replay_kl must be in [0, 100], got {self.replay_kl}")
         if self.warmup_steps < 0:
             raise ValidationError("warmup_steps must be >= 0")
         if not 0 < self.epochs <= 1000:
@@ -150,12 +155,19 @@ def train_adapter(
     *,
     progress: StepProgress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    replay: Sequence[bool] | None = None,
 ) -> TrainResult:
-    """Train adapter ``name`` (created here, left loaded) on ``examples``; resumable."""
+    """Train adapter ``name`` (created here, left loaded) on ``examples``; resumable.
+
+    ``replay`` flags the examples that keep the base model's behaviour (their loss is the KL
+    to the base model when ``config.replay_kl`` > 0); ``data_hash`` must cover the flags."""
     import torch
 
     if not examples:
         raise ValidationError("nothing to train on")
+    flags = [False] * len(examples) if replay is None else [bool(f) for f in replay]
+    if len(flags) != len(examples):
+        raise ValidationError("replay flags must match the examples one to one")
     config = config.for_examples(len(examples))
     assert config.steps is not None
     bank.remove(name)  # a leftover of an interrupted run in this process
@@ -178,10 +190,12 @@ def train_adapter(
             batch = [examples[i] for i in picked]
             for group in optimizer.param_groups:
                 group["lr"] = config.lr_at(step)
+            kl = _Replay([flags[i] for i in picked], config.replay_kl)
             if frozen is not None:
-                loss = _loss_from(bank, selection, [frozen[i] for i in picked], batch, split)
+                loss = _loss_from(bank, selection, [frozen[i] for i in picked], batch, split,
+                                  kl)
             else:
-                loss = _loss(bank, selection, batch, pad_id)
+                loss = _loss(bank, selection, batch, pad_id, kl)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -205,8 +219,27 @@ def train_adapter(
     return TrainResult(config.steps, losses, seconds, start, bank.tensors(name))
 
 
+@dataclass(frozen=True)
+class _Replay:
+    """Which rows of a batch are replay, and the weight of their KL term (0: use CE)."""
+
+    rows: list[bool]
+    weight: float
+
+    @property
+    def kl_rows(self) -> list[int]:
+        return [i for i, r in enumerate(self.rows) if r] if self.weight > 0 else []
+
+
+_NO_REPLAY = _Replay([], 0.0)
+
+
 def _loss(
-    bank: AdapterBank, selection: AdapterSelection, batch: list[TokenExample], pad_id: int
+    bank: AdapterBank,
+    selection: AdapterSelection,
+    batch: list[TokenExample],
+    pad_id: int,
+    replay: _Replay = _NO_REPLAY,
 ) -> torch.Tensor:
     import torch
 
@@ -221,16 +254,21 @@ def _loss(
         mask[row, longest - len(seq):] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     model = bank.llm.model
+    rows = replay.kl_rows
+
+    def forward(sel: AdapterSelection, keep: slice | list[int]) -> torch.Tensor:
+        bank._apply(sel)
+        return model(input_ids=ids[keep], attention_mask=mask[keep],
+                     position_ids=positions[keep], use_cache=False,
+                     logits_to_keep=answer_span + 1).logits
+
     with bank.llm.lock:
-        bank._apply(selection)
-        logits = model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=False,
-            logits_to_keep=answer_span + 1,
-        ).logits
-    return _cross_entropy(logits, targets)
+        base = None
+        if rows:
+            with torch.no_grad():
+                base = forward(AdapterSelection(), rows)
+        logits = forward(selection, slice(None))
+    return _objective(logits, targets, rows, base, replay.weight)
 
 
 class _Reached(Exception):
@@ -286,6 +324,7 @@ def _loss_from(
     states: list[torch.Tensor],
     batch: list[TokenExample],
     split: int,
+    replay: _Replay = _NO_REPLAY,
 ) -> torch.Tensor:
     """The loss of :func:`_loss`, running only decoder layers ``split`` and above."""
     import torch
@@ -301,18 +340,27 @@ def _loss_from(
         hidden[row, longest - h.shape[0]:] = h
         mask[row, longest - h.shape[0]:] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    with bank.llm.lock:
-        bank._apply(selection)
+    rows = replay.kl_rows
+
+    def forward(sel: AdapterSelection, keep: slice | list[int]) -> torch.Tensor:
+        bank._apply(sel)
+        h, m, pos = hidden[keep], mask[keep], positions[keep]
         causal = create_causal_mask(
-            config=model.config, inputs_embeds=hidden, attention_mask=mask,
-            past_key_values=None, position_ids=positions,
+            config=model.config, inputs_embeds=h, attention_mask=m,
+            past_key_values=None, position_ids=pos,
         )
-        rotary = model.model.rotary_emb(hidden, position_ids=positions)
+        rotary = model.model.rotary_emb(h, position_ids=pos)
         for layer in model.model.layers[split:]:
-            hidden = layer(hidden, attention_mask=causal, position_ids=positions,
-                           position_embeddings=rotary)
-        logits = model.lm_head(model.model.norm(hidden[:, -(answer_span + 1):]))
-    return _cross_entropy(logits, targets)
+            h = layer(h, attention_mask=causal, position_ids=pos, position_embeddings=rotary)
+        return model.lm_head(model.model.norm(h[:, -(answer_span + 1):]))
+
+    with bank.llm.lock:
+        base = None
+        if rows:
+            with torch.no_grad():  # the teacher: the same layers with no adapter
+                base = forward(AdapterSelection(), rows)
+        logits = forward(selection, slice(None))
+    return _objective(logits, targets, rows, base, replay.weight)
 
 
 def _targets(batch: list[TokenExample], answer_span: int) -> torch.Tensor:
@@ -324,14 +372,36 @@ def _targets(batch: list[TokenExample], answer_span: int) -> torch.Tensor:
     return targets
 
 
-def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _objective(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    kl_rows: list[int],
+    base: torch.Tensor | None,
+    weight: float,
+) -> torch.Tensor:
+    """Mean per answer token: cross-entropy, except on the rows in ``kl_rows`` (replay), where
+    it is ``weight`` x KL(base || adapter), ``base`` being those rows' logits without adapter.
+
+    The KL term is logit distillation: it keeps the whole next-token distribution of the base
+    model on general prompts, not only its greedy token - which is what stops the adapter
+    from answering any "What is X's Y?" with an invented value. It is exactly 0 while the
+    adapter computes the base function (e.g. LoRA B still 0)."""
     import torch
 
     # logits[:, j] predicts the token after position (longest - answer_span - 1 + j).
     logits = logits[:, :-1].float()
-    return torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
-    )
+    valid = targets != -100
+    per_token = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
+        reduction="none",
+    ).reshape(targets.shape)
+    if kl_rows and base is not None:
+        index = torch.tensor(kl_rows)
+        log_p = torch.log_softmax(base[:, :-1].float(), dim=-1)
+        log_q = torch.log_softmax(logits[index], dim=-1)
+        kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+        per_token = per_token.index_copy(0, index, weight * kl)
+    return (per_token * valid).sum() / valid.sum().clamp(min=1)
 
 
 def _fingerprint(data_hash: str, config: TrainConfig) -> str:
