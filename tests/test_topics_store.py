@@ -162,3 +162,19 @@ def test_no_policy_no_topics_but_overview_works(vault: Vault) -> None:
     assert vault.topics_rebuild(cube.id) == 1
     topics, entities = vault.topic_overview(cube.id)
     assert topics and topics[0][1] == 1 and entities == []
+
+
+def test_private_and_sensitive_memories_lend_no_words(topical) -> None:
+    vault, cube, _, _ = topical
+    from memosys.types import Visibility
+
+    secret = make_item(cube, "pottery xylophone xylophone secret", visibility=Visibility.PRIVATE,
+                       owner="alice")
+    flagged = make_item(cube, "pottery quokka quokka", sensitivity=["pii"])
+    near = _vectors(2, 0, 11)
+    vault.commit(cube.id, [Write(secret, "add", None, near[0]),
+                           Write(flagged, "add", None, near[1])])
+    pottery = next(t for t in vault.topics_list(cube.id) if "pottery" in t.label)
+    assert {secret.id, flagged.id} <= set(pottery.memory_ids)
+    text = _all_text(vault, cube)
+    assert "xylophone" not in text and "quokka" not in text

@@ -68,7 +68,9 @@ def _world(rng: random.Random, scale: int) -> _World:
 
     return _World(
         speakers=unique(lambda: _name(rng, 3), max(20, scale // 200)),
-        people=unique(lambda: _name(rng, 2), max(50, scale // 50)),
+        # two syllables give only 22**2 names: three as well, or 100k memories (2,000
+        # people) could never find enough distinct names
+        people=unique(lambda: _name(rng, rng.choice((2, 3))), max(50, scale // 50)),
         places=unique(lambda: f"{_name(rng, 2)} {rng.choice(['City', 'Lake', 'Bay', ''])}"
                       .strip(), max(30, scale // 300)),
         orgs=unique(lambda: f"{_name(rng, 2)} {rng.choice(['Agency', 'University', 'Inc'])}",

@@ -167,9 +167,10 @@ def describe(llm: LLM, texts: list[str], keywords: tuple[str, ...]) -> tuple[str
 # --- retrieval --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TopicSearchConfig:
-    weight: float = 0.5
-    """Boost (in fused-score units) for a candidate in the topic nearest the query."""
-    topics: int = 2
+    weight: float = 0.25
+    """Boost (in fused-score units) for a candidate in the topic nearest the query
+    (LoCoMo dev: 0.25 with one topic was the best of 0.25/0.5/1.0, docs/graph.md)."""
+    topics: int = 1
     """Topics taken per cube; the k-th nearest gets weight / k."""
     min_similarity: float = 0.3
     add_members: int = 0

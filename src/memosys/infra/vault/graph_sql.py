@@ -568,10 +568,12 @@ class SQLGraph(GraphStore):
                         predicate: str | None = None) -> list[Relation]:
         clauses, params = ["r.cube_id = ?"], [cube_id]
         if entity_id is not None:
-            # two indexed arms: with an OR, SQLite's planner scans the cube's relations
-            clauses.append("r.id IN (SELECT id FROM graph_relations WHERE subject_id = ? "
-                           "UNION ALL SELECT id FROM graph_relations WHERE object_id = ?)")
-            params.extend([entity_id, entity_id])
+            # two indexed arms (the cube checked inside them): with an OR, or with the
+            # cube's own index on offer, SQLite's planner scans the cube's relations
+            clauses = ["r.id IN (SELECT id FROM graph_relations WHERE subject_id = ? AND "
+                       "cube_id = ? UNION ALL SELECT id FROM graph_relations WHERE "
+                       "object_id = ? AND cube_id = ?)"]
+            params = [entity_id, cube_id, entity_id, cube_id]
         if predicate is not None:
             clauses.append("r.predicate = ?")
             params.append(predicate)

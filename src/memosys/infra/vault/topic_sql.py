@@ -29,6 +29,7 @@ import time
 from abc import abstractmethod
 from collections import Counter
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -335,7 +336,7 @@ def _keywords(counts: Counter[str], elsewhere: dict[str, int], n_topics: int, si
 
 
 def _refresh(db: GraphDB, cube_id: str, topics: set[str], policy: TopicPolicy, *,
-             reset_model: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+             reset_model: AbstractSet[str] = frozenset()) -> None:
     """Drop emptied topics; recompute keywords, label and summary of the others from the
     texts of their current members."""
     if not topics:
