@@ -1,8 +1,9 @@
 """The Memory API's feature entry points, mixed into `MemOS`: chat with the scheduler and
 the bound model, parametric memory, the semantic graph and topic index, extraction rules,
-tool and skill memory, consolidation and change events. Each is a thin door to its own module (named in each section), so `MemOS`
-itself keeps to cubes, memories, search and versions; the methods use the runtime's
-`settings`, `vault`, `retriever` and governance views as `MemOS` sets them up.
+tool and skill memory, consolidation and change events. Each is a thin door to its own
+module (named in each section), so `MemOS` itself keeps to cubes, memories, search and
+versions; the methods use the runtime's `settings`, `vault`, `retriever` and governance
+views as `MemOS` sets them up.
 """
 
 from __future__ import annotations
