@@ -216,3 +216,18 @@ def test_walks_do_not_go_through_hubs(vault: Vault) -> None:
     near = {n.entity.name: n for n in vault.graph_neighbours(cube.id, ann.id, hops=2,
                                                                co_mentions=False)}
     assert abs(near["Yan"].weight - 0.81) < 1e-6
+
+
+def test_a_role_whose_owner_left_the_batch_resolves_afresh(conv) -> None:
+    """An owner id the batch cached can be gone (merged away or collected); "my sister"
+    then resolves against the owner's name again instead of failing the write."""
+    from memosys.infra.vault.graph_base import EntityRef
+    from memosys.infra.vault.graph_sql import _Resolver
+
+    vault, cube, _ = conv
+    with vault._graph_write() as db:
+        resolver = _Resolver(db, cube.id)
+        resolver.cache[EntityRef("Caroline", EntityType.PERSON).key] = "e-gone"
+        sister = resolver.resolve(EntityRef("sister", EntityType.PERSON, owner="Caroline",
+                                            role="sister"))
+    assert sister == _find(vault, cube, "Anna").id  # Caroline's sister, as she said

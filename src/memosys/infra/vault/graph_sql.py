@@ -113,8 +113,9 @@ class _Resolver:
             "SELECT id FROM graph_entities WHERE cube_id = ? AND key = ? ORDER BY id LIMIT 1",
             (self.cube_id, key),
         ) or self.db.rows(
-            "SELECT entity_id FROM graph_mentions WHERE cube_id = ? AND key = ? "
-            "ORDER BY entity_id LIMIT 1", (self.cube_id, key))
+            "SELECT m.entity_id FROM graph_mentions m JOIN graph_entities e ON e.id = "
+            "m.entity_id WHERE m.cube_id = ? AND m.key = ? ORDER BY m.entity_id LIMIT 1",
+            (self.cube_id, key))
         if found:
             self.cache[key] = found[0][0]
             return found[0][0]
@@ -123,7 +124,12 @@ class _Resolver:
     def resolve(self, ref: EntityRef) -> str:
         key = ref.key
         if ref.role is not None and ref.owner is not None:
-            owner = self.resolve(EntityRef(ref.owner, EntityType.PERSON))
+            owner_ref = EntityRef(ref.owner, EntityType.PERSON)
+            owner = self.resolve(owner_ref)
+            if not self.db.rows("SELECT 1 FROM graph_entities WHERE id = ?", (owner,)):
+                # merged away or collected earlier in this batch: resolve the name afresh
+                self.cache = {k: v for k, v in self.cache.items() if v != owner}
+                owner = self.resolve(owner_ref)
             return self._role(owner, ref, key)
         found = self.lookup(key)
         if found is None and ref.type == EntityType.PERSON:
