@@ -11,8 +11,9 @@ counts as found when its episode, or a memory whose provenance (`source.message_
 provenance is the union of the merged memories' (it holds all their words), so it finds
 what they found; superseded duplicates are no longer retrieved. Synthesised profiles and
 topic summaries are derived from dozens of memories, so crediting them with all those turns
-would inflate recall: here they find **no** turn (they only take a rank), which makes the
-"after" recall a lower bound.
+would inflate recall: a synthesis finds only the turns behind the sources it *quotes word
+for word* (an extractive summary carries those statements to the model; a paraphrase
+finds no turn), and takes a rank like any memory.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -46,12 +48,20 @@ from memosys.system import MemOS
 from memosys.types import MemoryItem, MemoryKind, Source
 
 
-def without_synthesis_credit(searcher: Searcher) -> Searcher:
-    """The evidence rule above: a synthesised memory keeps its rank but maps to no turn."""
+def quoted_credit(searcher: Searcher, lookup: Callable[[list[str]], dict[str, MemoryItem]],
+                  ) -> Searcher:
+    """The evidence rule above: a synthesised memory keeps its rank and is derived only
+    from the sources whose text it holds verbatim."""
+
+    def credited(item: MemoryItem) -> MemoryItem:
+        text = " ".join(item.text.split())
+        sources = lookup(list(item.derived_from))
+        quoted = [i for i in item.derived_from
+                  if i in sources and " ".join(sources[i].text.split()).rstrip(".!?") in text]
+        return item.model_copy(update={"derived_from": quoted, "source": Source()})
 
     def search(query: str, cube_id: str) -> list[MemoryItem]:
-        return [i.model_copy(update={"derived_from": [], "source": Source()})
-                if is_synthesised(i) else i for i in searcher(query, cube_id)]
+        return [credited(i) if is_synthesised(i) else i for i in searcher(query, cube_id)]
 
     return search
 
@@ -62,7 +72,7 @@ def _active(mos: MemOS, cube_ids: list[str]) -> int:
 
 def _recall(mos: MemOS, convs: list[Any], cube_ids: dict[str, str], out: Console,
             label: str) -> float:
-    search = without_synthesis_credit(pipeline_searcher(mos))
+    search = quoted_credit(pipeline_searcher(mos), mos.vault.get_many)
     result = RunResult()
     with _progress(out, label, sum(len(c.questions) for c in convs)) as advance:
         for conv in convs:
