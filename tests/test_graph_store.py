@@ -222,7 +222,7 @@ def test_a_role_whose_owner_left_the_batch_resolves_afresh(conv) -> None:
     """An owner id the batch cached can be gone (merged away or collected); "my sister"
     then resolves against the owner's name again instead of failing the write."""
     from memosys.infra.vault.graph_base import EntityRef
-    from memosys.infra.vault.graph_sql import _Resolver
+    from memosys.infra.vault.graph_writes import _Resolver
 
     vault, cube, _ = conv
     with vault._graph_write() as db:

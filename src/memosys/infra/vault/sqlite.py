@@ -27,7 +27,8 @@ from memosys.infra.vault.base import (
     Write,
 )
 from memosys.infra.vault.events_sql import record_commit, record_purge
-from memosys.infra.vault.graph_sql import SQLGraph, on_commit, on_purge
+from memosys.infra.vault.graph_sql import SQLGraph
+from memosys.infra.vault.graph_writes import on_commit, on_purge
 from memosys.infra.vault.sqlite_events import DIALECT as EVENTS
 from memosys.infra.vault.sqlite_events import EVENTS_SCHEMA
 from memosys.infra.vault.sqlite_graph import GRAPH_SCHEMA, SQLiteGraphDB
