@@ -192,6 +192,8 @@ def test_webhook_receiver_gets_signed_events(mos: MemOS) -> None:
         requests = receiver.wait_for(2)
         time.sleep(0.3)  # nothing else arrives
         assert len(receiver.requests) == 2
+    # deliveries run on a worker pool, so they may arrive in any order: `seq` orders them
+    requests = sorted(requests, key=lambda r: json.loads(r[1])["seq"])
     first_headers, body = requests[0]
     h = {k.lower(): v for k, v in first_headers.items()}
     expected = "sha256=" + hmac.new(b"s3cret-s3cret-s3cret",
