@@ -25,7 +25,6 @@ from memosys.errors import ConflictError, NotFoundError, ValidationError
 from memosys.infra.events import SCRUBBED, verify
 from memosys.infra.events_delivery import DeliveryPolicy
 from memosys.infra.vault.base import Vault, Write
-from memosys.infra.vault.events_backends import event_store
 from memosys.interface.server import create_app
 from memosys.system import MemOS
 from webhook_receiver import Receiver
@@ -89,12 +88,12 @@ def test_a_failed_transaction_leaves_no_event(backend_mos: MemOS) -> None:
     [v1, v2] = unit_vectors(2, seed=3)
     first = make_item(cube, "first memory")
     vault.commit(cube.id, [Write(first, "add", None, v1)])
-    before = event_store(vault).last_seq()
+    before = vault.events.last_seq()
     with pytest.raises(ConflictError):  # a stale version fails the whole batch
         vault.commit(cube.id, [Write(make_item(cube, "second"), "add", None, v2),
                                Write(first, "update", 7)])
-    assert event_store(vault).last_seq() == before
-    assert [e.kind for e in event_store(vault).events_after(0, 10)] == ["created"]
+    assert vault.events.last_seq() == before
+    assert [e.kind for e in vault.events.events_after(0, 10)] == ["created"]
 
 
 def test_purge_scrubs_text_from_earlier_events(backend_mos: MemOS) -> None:

@@ -18,7 +18,6 @@ from memosys.access import Access
 from memosys.errors import NotFoundError, PermissionDeniedError, ValidationError
 from memosys.infra.events import KNOWN_KINDS, Event, published_event
 from memosys.infra.governance import LOCAL_ADMIN, Principal
-from memosys.infra.vault.events_backends import event_store
 from memosys.infra.vault.events_sql import (
     DELIVERY_STATES,
     Attempt,
@@ -49,7 +48,7 @@ class EventsAPI:
 
     @property
     def store(self) -> SQLEventStore:
-        return event_store(self.mos.vault)
+        return self.mos.vault.events
 
     @property
     def _access(self) -> Access:

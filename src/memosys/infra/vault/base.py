@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -29,6 +29,7 @@ from memosys.types import (
 
 if TYPE_CHECKING:
     from memosys.infra.governance import GovernanceStore
+    from memosys.infra.vault.events_sql import SQLEventStore
 
 
 @dataclass(frozen=True)
@@ -261,21 +262,32 @@ class Vault(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
-    # --- governance --------------------------------------------------------------------
+    # --- stores in the vault's database ----------------------------------------------
     @property
     def governance(self) -> GovernanceStore:
         """Users, keys, ACLs, audit log, policies and reviews, in this vault's database
         (see `memosys.infra.governance`); opened on first use."""
-        store = self.__dict__.get("_governance_store")
-        if store is None:
-            from memosys.infra.vault.governance_backends import open_governance
+        from memosys.infra.vault.backend_stores import open_governance
 
-            with _GOVERNANCE_LOCK:
-                store = self.__dict__.get("_governance_store")
+        return self._store("_governance_store", open_governance)  # type: ignore[no-any-return]
+
+    @property
+    def events(self) -> SQLEventStore:
+        """The change-event log, webhooks and deliveries, in this vault's database (see
+        `memosys.infra.events`); opened on first use."""
+        from memosys.infra.vault.backend_stores import open_event_store
+
+        return self._store("_event_store", open_event_store)  # type: ignore[no-any-return]
+
+    def _store(self, key: str, opener: Callable[[Vault], Any]) -> Any:
+        store = self.__dict__.get(key)
+        if store is None:
+            with _STORES_LOCK:
+                store = self.__dict__.get(key)
                 if store is None:
-                    store = open_governance(self)
-                    self.__dict__["_governance_store"] = store
+                    store = opener(self)
+                    self.__dict__[key] = store
         return store
 
 
-_GOVERNANCE_LOCK = threading.Lock()
+_STORES_LOCK = threading.Lock()
