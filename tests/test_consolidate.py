@@ -320,3 +320,24 @@ def test_profile_written_by_the_local_model(mos: MemOS, local) -> None:
     assert profile.text.startswith("Profile of bob (from 3 memories).")
     plain = extractive_text(Group("profile", "profile:bob", "bob", ()), facts, cfg)
     assert profile.text != plain and len(profile.text) > len("Profile of bob (from 3 memories).")
+
+
+def test_the_worker_process_runs_queued_consolidations(home: Path, embedder) -> None:
+    """`memosys worker` (a process of its own) runs every kind of queued job, a
+    consolidation included, not only extractions."""
+    from dataclasses import replace
+
+    with MemOS(Settings.load(home), embedder=embedder) as mos:
+        mos.scheduler.config = replace(mos.scheduler.config, background=False)
+        mos.create_cube("w")
+        miso = _add(mos, "w", MISO, user="alice")
+        _add(mos, "w", MISO_SPRING, user="alice")
+        queued = mos.consolidate("w", wait=False)
+        assert mos.consolidation_run(queued.id).state == "queued"
+    res = CliRunner().invoke(app, ["worker", "--once", "--extractor", "rules",
+                                   "--home", str(home)])
+    assert res.exit_code == 0, res.output
+    assert "processed 1 jobs" in res.output
+    with MemOS(Settings.load(home), embedder=embedder) as mos:
+        assert mos.consolidation_run(queued.id).state == "done"
+        assert mos.get(miso.id).state == MemoryState.SUPERSEDED

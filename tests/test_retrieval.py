@@ -348,3 +348,48 @@ def test_an_extra_stage_plugs_in_before_context(mos: MemOS) -> None:
     assert other[0].id not in {h.item.id for h in hits}  # the filter still holds
     hits = mos.search("Which breed is Alice's dog?", "c", top_k=3, record_access=False)
     assert other[0].id in {h.item.id for h in hits}
+
+
+def test_synthesised_memories_do_not_reorder_what_they_summarise(mos: MemOS) -> None:
+    """Topic summaries restate many turns and outscore them on BM25. In their own lane they
+    are still found, but they neither take the turns' candidate slots nor move the scale
+    fusion normalises by: the turns keep their order (in the shared lists the top two swap
+    and a turn falls out)."""
+    from memosys.operation.consolidate_plan import SYNTH_KEY
+    from memosys.types import MemoryItem, MemoryType
+
+    filler = ["We baked bread with the kids this weekend.",
+              "The new job at the bank starts in June.",
+              "My sister adopted a grey cat called Pebble.",
+              "The pottery class was messy but fun.",
+              "We drove to the coast and watched the sunset.",
+              "I finished reading a novel about Mars.",
+              "Our garden has tomatoes and basil now.",
+              "The concert downtown was loud and great."]
+    for s in range(4):
+        _session(mos, "c", f"f{s}", [("Mel" if n % 2 else "Ann", t)
+                                     for n, t in enumerate(filler)])
+    items = _session(mos, "c", "s1", [
+        ("Ann", "What got you into running?"),
+        ("Mel", "Running started as a way to de-stress after work."),
+        ("Mel", "Now I run five miles along the river every morning."),
+        ("Ann", "Running sounds great for your head."),
+        ("Mel", "It keeps me calm and I sleep better."),
+    ])
+    mos.retriever.config = replace(RetrievalConfig(), depth=3)
+    query = "Why did Mel get into running?"
+
+    def order() -> list[str]:
+        return [h.item.id for h in mos.search(query, "c", top_k=12, record_access=False)
+                if not h.item.metadata.get(SYNTH_KEY)]
+
+    before = order()
+    text = "Running, running: Mel got into running; running every morning, to de-stress. "
+    summaries = mos.add_items("c", [MemoryItem(
+        cube_id=mos.get_cube("c").id, memory_type=MemoryType.FACT, text=text * (n + 1),
+        derived_from=[i.id for i in items],
+        metadata={SYNTH_KEY: {"kind": "topic", "key": f"t{n}"}}) for n in range(4)])
+    hits = mos.search(query, "c", top_k=12, record_access=False)
+    assert {s.id for s in summaries} <= {h.item.id for h in hits}, "summaries are found"
+    after = order()
+    assert after == before[:len(after)]

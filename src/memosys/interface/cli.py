@@ -475,21 +475,25 @@ def worker(
     poll: Annotated[float, typer.Option(help="Seconds between polls when idle.")] = 1.0,
     home: HomeOpt = None,
 ) -> None:
-    """Process queued extraction jobs (Ctrl-C to stop; an interrupted job is re-claimed
-    when its lease runs out and resumes without duplicating memories)."""
+    """Process queued jobs of every kind: extractions, consolidations (and the
+    `consolidate_every_s` schedule), skill distillation, activation-cache builds. Ctrl-C to
+    stop; an interrupted job is re-claimed when its lease runs out and resumes without
+    duplicating memories."""
+    import threading
+
     from memosys.interface.reader import MemReader
 
     with runtime(home) as mos:
-        reader = MemReader(mos, extractor=extractor)
+        mos.reader = MemReader(mos, extractor=extractor)
         done = 0
         try:
             if once:
-                while (found := reader.process_next_job()) is not None:
+                while (job := mos.scheduler.run_next()) is not None:
                     done += 1
-                    out.print(f"job {found.id}: {found.state}")
+                    out.print(f"job {job.id}: {mos.job(job.id).state} ({job.kind})")
             else:
                 out.print("worker running; Ctrl-C to stop")
-                done = reader.run_worker(poll_interval=poll)
+                done = mos.scheduler.run_worker(threading.Event(), poll_interval=poll)
         except KeyboardInterrupt:
             pass
         out.print(f"processed {done} jobs")

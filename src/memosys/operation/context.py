@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from memosys.infra.vault.base import ItemFilter, Vault
 from memosys.infra.vault.fts_query import STOPWORDS
+from memosys.operation.consolidate_plan import is_synthesised
 from memosys.operation.query import has_time_expression
 from memosys.types import MemoryItem, MemoryState, MemoryType
 
@@ -77,6 +78,8 @@ class TurnInfo:
     sources: tuple[str, ...] = ()
     """The memories this one was derived from (`derived_from`): an extracted fact or a
     summary is an extra key for them."""
+    aggregate: bool = False
+    """A synthesised memory (a profile, a topic summary) that restates many others."""
 
 
 @dataclass
@@ -91,6 +94,8 @@ class CubeContext:
     docs: int = 0
     turn_lengths: Counter[int] = field(default_factory=Counter)
     """How many conversation turns have each length (content words)."""
+    aggregates: set[str] = field(default_factory=set)
+    """Active synthesised memories: retrieval ranks them in a lane of their own."""
     _seq: int = 0
 
     def neighbours(self, item_id: str) -> tuple[str | None, str | None]:
@@ -158,9 +163,14 @@ class CubeContext:
             self.turn_lengths[len(words)] += 1
         names = frozenset() if turn else frozenset(
             w.lower() for w in _NAME.findall(body) if len(w) > 2)
+        aggregate = is_synthesised(item)
+        if aggregate and item.state == MemoryState.ACTIVE:
+            self.aggregates.add(item.id)
+        else:
+            self.aggregates.discard(item.id)
         self.turns[item.id] = TurnInfo(session, speaker, event_ts, len(words),
                                        has_time_expression(body), key, item.state, turn, names,
-                                       tuple(item.derived_from))
+                                       tuple(item.derived_from), aggregate)
 
 
 class ConversationIndex:

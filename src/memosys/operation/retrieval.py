@@ -7,6 +7,11 @@ measured effect of each):
 1. **candidates**: BM25 (`vault.search_text`) and dense (`vault.search_vector`), `depth`
    each; with an explicit time in the query ("in May 2023") both are also run inside that
    event-time window so evidence from then enters the pool even when it matches weakly.
+   Synthesised memories (profiles, topic summaries: consolidation) have a lane of their
+   own: they restate many memories at once, so in the shared lists they would take the
+   slots of what they summarise and move the scale fusion normalises by. They are fetched
+   beyond `depth`, scored on the other memories' scale and never counted in it, so
+   consolidating a cube does not reorder the memories it summarised.
 2. **fusion** (`tuned_fusion`): each retriever's scores are standardised over its own
    candidate list (z-scores) and mixed with a BM25 weight. Off: plain reciprocal-rank
    fusion (k=60, depth 50), the previous behaviour.
@@ -207,6 +212,8 @@ class SearchRun:
     """Event-time windows the query names (extended by the grace period)."""
     lists: dict[str, tuple[dict[str, float], bool]] = field(default_factory=dict)
     """Raw scores per retriever ("bm25", "vector") and whether the list was cut at depth."""
+    aggregate_lists: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Raw scores of the synthesised memories found, per retriever (their own lane)."""
     ranks: dict[str, dict[str, int]] = field(default_factory=dict)
     base: dict[str, float] = field(default_factory=dict)
     """Fused score per candidate (0 = found by no retriever)."""
@@ -269,8 +276,10 @@ class HybridRetriever:
             item = items.get(cand.item_id)
             if item is None:
                 continue
-            scores = {k: run.lists[k][0][cand.item_id] for k in ("bm25", "vector")
-                      if k in run.lists and cand.item_id in run.lists[k][0]}
+            scores = {k: found[cand.item_id] for k in ("bm25", "vector")
+                      for found in (run.lists.get(k, ({}, False))[0],
+                                    run.aggregate_lists.get(k, {}))
+                      if cand.item_id in found}
             scores.update({k: round(v, 6) for k, v in cand.parts.items() if v})
             hits.append(SearchHit(
                 item, cand.score,
@@ -346,12 +355,18 @@ class RetrieveCandidates(_Builtin):
     def __call__(self, run: SearchRun) -> None:
         cfg, r, flt = run.config, run.retriever, run.flt
         depth = max(cfg.depth if cfg.tuned_fusion else r.depth, run.top_k)
+        aggregates = set().union(*(ctx.aggregates for ctx in run.contexts.values()))
+        # Over-fetch by the aggregates there are (at most doubling the lists), so that
+        # `depth` other memories remain once they are split off.
+        fetch = depth + min(len(aggregates), depth)
         run.qvec = qvec = r.embedder.embed([run.query])[0]
-        bm25 = r.vault.search_text(run.query, flt, depth)
-        dense = r.vault.search_vector(qvec, flt, depth)
+        bm25 = r.vault.search_text(run.query, flt, fetch)
+        dense = r.vault.search_vector(qvec, flt, fetch)
         run.ranks = {"bm25": _ranks(bm25), "vector": _ranks(dense)}
-        run.lists = {"bm25": (dict(bm25), len(bm25) >= depth),
-                     "vector": (dict(dense), len(dense) >= depth)}
+        for name, found in (("bm25", bm25), ("vector", dense)):
+            own = [(i, v) for i, v in found if i not in aggregates][:depth]
+            run.lists[name] = (dict(own), len(own) >= depth)
+            run.aggregate_lists[name] = {i: v for i, v in found if i in aggregates}
         for start, end in run.windows:  # the same query inside the window: same scale
             inside = replace(flt, since=_max_dt(flt.since, start),
                              until=_min_dt(flt.until, end))
@@ -363,7 +378,9 @@ class RetrieveCandidates(_Builtin):
                 ("vector", r.vault.search_vector(qvec, inside, cfg.time_depth)),
             ):
                 for item_id, score in found:
-                    run.lists[name][0].setdefault(item_id, score)
+                    lane = run.aggregate_lists[name] if item_id in aggregates \
+                        else run.lists[name][0]
+                    lane.setdefault(item_id, score)
 
 
 class Fuse(_Builtin):
@@ -372,7 +389,7 @@ class Fuse(_Builtin):
     name = "fusion"
 
     def __call__(self, run: SearchRun) -> None:
-        run.base = fuse(run.lists, run.config)
+        run.base = fuse(run.lists, run.config, run.aggregate_lists)
         run.pool = {}
         for item_id, value in run.base.items():
             run.add_candidate(item_id, value, pooled=True)
@@ -404,14 +421,15 @@ class ExpandKeywords(_Builtin):
         terms = sorted(weights, key=lambda t: (-weights[t], t))[: cfg.expansion_terms]
         if not terms:
             return
-        extra = dict(run.retriever.vault.search_text(" ".join(terms), run.flt, cfg.depth))
+        extra = {i: v for i, v in run.retriever.vault.search_text(
+            " ".join(terms), run.flt, cfg.depth) if i not in run.aggregate_lists["bm25"]}
         scores, truncated = run.lists["bm25"]
         merged = dict(scores)
         for item_id, score in extra.items():
             merged[item_id] = merged.get(item_id, 0.0) + cfg.expansion_weight * score
         expanded = {"bm25": (merged, truncated or len(extra) >= cfg.depth),
                     "vector": run.lists["vector"]}
-        run.base = fuse(expanded, cfg)
+        run.base = fuse(expanded, cfg, run.aggregate_lists)
         for item_id, value in run.base.items():
             run.add_candidate(item_id, pooled=True).base = value
 
@@ -535,10 +553,22 @@ def default_stages() -> list[Stage]:
 
 
 def fuse(lists: dict[str, tuple[dict[str, float], bool]],
-         config: RetrievalConfig) -> dict[str, float]:
+         config: RetrievalConfig,
+         aggregates: dict[str, dict[str, float]] | None = None) -> dict[str, float]:
     """Fused score per candidate, shifted so that a memory no retriever found scores 0
-    (the context stage relies on that for neighbours outside the pool)."""
+    (the context stage relies on that for neighbours outside the pool).
+
+    `aggregates` (synthesised memories, per retriever) are scored on the scale of `lists`
+    and take no part in setting it."""
+    aggregates = aggregates or {}
+    if not config.tuned_fusion and any(aggregates.values()):
+        # Rank fusion has no scale to share: the aggregates rejoin the lists they came from.
+        lists = {name: ({**scores, **aggregates.get(name, {})}, truncated)
+                 for name, (scores, truncated) in lists.items()}
+        aggregates = {}
     ids = list(dict.fromkeys(i for scores, _ in lists.values() for i in scores))
+    extra = [i for found in aggregates.values() for i in found if i not in ids]
+    ids.extend(dict.fromkeys(extra))
     if not ids:
         return {}
     if not config.tuned_fusion:
@@ -555,8 +585,11 @@ def fuse(lists: dict[str, tuple[dict[str, float], bool]],
     fused = dict.fromkeys(ids, 0.0)
     for name, (scores, truncated) in lists.items():
         values = np.fromiter(scores.values(), dtype=float, count=len(scores))
-        if values.size == 0:
-            continue
+        if values.size == 0:  # only aggregates matched: they set the scale themselves
+            scores = aggregates.get(name, {})
+            values = np.fromiter(scores.values(), dtype=float, count=len(scores))
+            if values.size == 0:
+                continue
         # Unseen memories score at most the last one seen if the list was cut at
         # `depth`, else they did not match at all (BM25 0; never happens for dense).
         missing = float(values.min()) if truncated or name != "bm25" else 0.0
@@ -566,8 +599,11 @@ def fuse(lists: dict[str, tuple[dict[str, float], bool]],
                         / (ref.size + _PRIOR_WEIGHT))
         std = max(std, _STD_FLOOR)
         w = weights.get(name, weights["bm25"])
+        own = aggregates.get(name, {})
         for item_id in ids:
-            value = scores.get(item_id, missing)
+            # An aggregate below the cut counts as not found, like a memory past `depth`.
+            value = max(own[item_id], missing) if item_id in own \
+                else scores.get(item_id, missing)
             fused[item_id] += w * (value - missing) / std
     return fused
 

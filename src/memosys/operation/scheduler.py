@@ -69,6 +69,7 @@ EXTRACT_JOB = "extract"
 SKILLS_JOB = "skills_distil"
 """memosys.operation.skills: distil skills after new successful trajectories."""
 CONSOLIDATE_JOB = "consolidate"  # memosys.operation.consolidate
+ALL_JOBS = (BUILD_JOB, EXTRACT_JOB, SKILLS_JOB, CONSOLIDATE_JOB)
 Form = Literal["activation", "plaintext", "parametric", "skipped"]
 SWEEP_EVERY_S = 5.0
 
@@ -519,46 +520,62 @@ class MemScheduler:
         self._worker = None
 
     def _work(self) -> None:
-        while not self._stop.is_set():
+        self.run_worker(self._stop, wake=self._wake)
+
+    def run_worker(self, stop: threading.Event, *, poll_interval: float = 1.0,
+                   wake: threading.Event | None = None) -> int:
+        """Run queued jobs of every kind, and queue the scheduled consolidations, until
+        `stop` is set; returns the jobs run. The scheduler's own thread runs this, and so
+        does `memosys worker` in a process of its own (jobs are leased: several workers
+        never run one job twice)."""
+        from memosys.operation.consolidate import queue_due
+
+        wake = wake or threading.Event()
+        done = 0
+        while not stop.is_set():
             try:
                 ran = self.run_pending(max_jobs=1)
             except Exception:  # e.g. the vault closed under us: stop quietly
-                if self._stop.is_set():
-                    return
+                if stop.is_set():
+                    break
                 log.exception("scheduler worker failed; retrying")
                 ran = 0
+            done += ran
             if not ran:
-                from memosys.operation.consolidate import queue_due
-
                 if queue_due(self.mos, self._consolidated):
                     continue
-                self._wake.wait(1.0)
-                self._wake.clear()
+                wake.wait(poll_interval)
+                wake.clear()
+        return done
 
     def run_pending(self, max_jobs: int | None = None,
-                    kinds: Sequence[str] = (BUILD_JOB, EXTRACT_JOB, SKILLS_JOB,
-                                            CONSOLIDATE_JOB)) -> int:
+                    kinds: Sequence[str] = ALL_JOBS) -> int:
         """Run queued jobs (cache builds, extractions, skill distillation, consolidations) now;
         returns how many ran."""
         done = 0
-        while max_jobs is None or done < max_jobs:
-            job = self.mos.vault.claim_job(list(kinds), lease_seconds=600.0)
-            if job is None:
-                break
-            if job.kind == EXTRACT_JOB:
-                self.mos.reader.run_job(job)
-            elif job.kind == SKILLS_JOB:
-                from memosys.operation.skills_jobs import run_distil_job
-
-                run_distil_job(self.mos, job)
-            elif job.kind == CONSOLIDATE_JOB:
-                from memosys.operation.consolidate import run_queued
-
-                run_queued(self.mos, job)
-            else:
-                self._run_build(job)
+        while (max_jobs is None or done < max_jobs) and self.run_next(kinds) is not None:
             done += 1
         return done
+
+    def run_next(self, kinds: Sequence[str] = ALL_JOBS) -> Job | None:
+        """Claim the oldest queued job of these kinds and run it; the job as claimed (its
+        outcome: `vault.get_job`), or None when nothing is queued."""
+        job = self.mos.vault.claim_job(list(kinds), lease_seconds=600.0)
+        if job is None:
+            return None
+        if job.kind == EXTRACT_JOB:
+            self.mos.reader.run_job(job)
+        elif job.kind == SKILLS_JOB:
+            from memosys.operation.skills_jobs import run_distil_job
+
+            run_distil_job(self.mos, job)
+        elif job.kind == CONSOLIDATE_JOB:
+            from memosys.operation.consolidate import run_queued
+
+            run_queued(self.mos, job)
+        else:
+            self._run_build(job)
+        return job
 
     def _run_build(self, job: Job) -> None:
         key = str(job.payload.get("key", ""))
