@@ -155,6 +155,43 @@ def test_import_cannot_bring_refused_memories_in(sqlite_mos: MemOS, tmp_path: Pa
     assert _everything(mos, "dst") == []
 
 
+def test_rules_travel_with_the_cube_archive(sqlite_mos: MemOS, tmp_path: Path) -> None:
+    """A cube created by an import adopts the archive's rules (a copy must not start storing
+    what its source never would); an existing cube keeps its own; a malformed rule set in
+    the manifest refuses the import before anything is written."""
+    from exchange_helpers import manifest_of, rewrite
+    from memosys.errors import ArchiveError
+
+    mos = sqlite_mos
+    mos.create_cube("src")
+    mos.set_extraction_rules("src", rules=[HEALTH_RULE], categories=CATEGORIES)
+    mos.add("src", "Maya likes green tea")
+    export_cube(mos, "src", tmp_path / "src.mip")
+    carried = manifest_of(tmp_path / "src.mip")["extraction"]
+    assert [r["id"] for r in carried["rules"]] == ["no-health"]
+    assert "updated_by" not in carried
+    report = import_archive(mos, tmp_path / "src.mip", name="copy")
+    assert any("rules adopted" in m for m in report.messages)
+    copied = mos.extraction_rules("copy")
+    assert [r["id"] for r in copied["rules"]] == ["no-health"]
+    assert [c["name"] for c in copied["categories"]] == [c["name"] for c in CATEGORIES]
+    with pytest.raises(RefusedByRuleError):
+        mos.add("copy", SECRET)
+    mos.create_cube("dst")
+    mos.set_extraction_rules("dst", rules=[{"id": "no-tea", "name": "no tea",
+                                            "keywords": ["oolong"]}])
+    report = import_archive(mos, tmp_path / "src.mip", name="dst", on_conflict="merge")
+    assert any("keeps its own" in m for m in report.messages)
+    assert [r["id"] for r in mos.extraction_rules("dst")["rules"]] == ["no-tea"]
+    manifest = manifest_of(tmp_path / "src.mip")
+    manifest["extraction"]["rules"][0]["kind"] = "sometimes"
+    bad = rewrite(tmp_path / "src.mip", tmp_path / "bad.mip",
+                  replace={"manifest.json": json.dumps(manifest).encode()})
+    with pytest.raises(ArchiveError, match="extraction"):
+        import_archive(mos, bad, name="other")
+    assert "other" not in {c.name for c in mos.list_cubes()}
+
+
 def test_import_merge_checks_only_the_versions_it_adds(sqlite_mos: MemOS,
                                                       tmp_path: Path) -> None:
     """A cube that already holds an old version (stored before the rule) still takes the

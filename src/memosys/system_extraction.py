@@ -31,7 +31,7 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from memosys.errors import ConflictError, RefusedByRuleError
+from memosys.errors import ArchiveError, ConflictError, RefusedByRuleError, ValidationError
 from memosys.interface.reader_rules import (
     CATEGORY_TAG,
     ExtractionConfig,
@@ -111,6 +111,37 @@ def set_rules(
         "rules": [r.id for r in stored.rules],
         "categories": [c.name for c in stored.categories]})
     return {"cube_id": found.id, **stored.as_dict()}
+
+
+# --- rules in a cube archive (memosys.infra.exchange_*) -----------------------------------------
+def for_archive(mos: MemOS, cube_id: str) -> dict[str, Any] | None:
+    """The cube's rules as an archive's manifest carries them (None: it has none); who
+    changed them last stays behind, it names a user of this installation."""
+    config = load(mos, cube_id)
+    if config.empty:
+        return None
+    body = config.as_dict()
+    body.pop("updated_by")
+    return body
+
+
+def from_archive(raw: Any) -> ExtractionConfig | None:
+    """An archive's rules, checked like a `PUT` of them (before the import writes anything)."""
+    if raw is None:
+        return None
+    try:
+        config = ExtractionConfig.from_dict(raw)
+    except ValidationError as exc:
+        raise ArchiveError(f"archive manifest: extraction: {exc}") from None
+    return None if config.empty else config
+
+
+def adopt(mos: MemOS, cube_id: str, config: ExtractionConfig) -> dict[str, Any]:
+    """Give a cube just created by an import the rules its archive came with (audited as
+    any rule change; the version count starts afresh here)."""
+    return set_rules(mos, cube_id, categories=[c.as_dict() for c in config.categories],
+                     rules=[r.as_dict() for r in config.rules],
+                     instructions=config.instructions, threshold=config.threshold)
 
 
 def dry_run(mos: MemOS, cube: str, text: str) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from memosys.infra.exchange_signing import key_id, sign_manifest
 from memosys.infra.exchange_tensors import export_files, is_derived
 from memosys.infra.pii import redact_item
 from memosys.infra.vault.base import ItemFilter, VersionRecord
+from memosys.system_extraction import for_archive as extraction_rules
 from memosys.types import MemCube, MemoryItem
 
 if TYPE_CHECKING:
@@ -153,6 +154,9 @@ def export_cube(
             "live_ids": LIVE_IDS if since > 0 else None,
             "files": writer.files,
         }
+        rules = extraction_rules(mos, found.id)
+        if rules is not None:
+            manifest["extraction"] = rules
         if signing_key is not None:
             manifest = sign_manifest(manifest, signing_key)
         out = writer.finish(manifest)

@@ -41,6 +41,8 @@ from memosys.infra.exchange_tensors import (
     target_fingerprint,
 )
 from memosys.infra.vault.base import ImportedItem, VersionRecord
+from memosys.system_extraction import adopt as adopt_rules
+from memosys.system_extraction import from_archive as archive_rules
 from memosys.types import CubeConfig, MemCube, MemoryItem, as_utc, new_id
 
 if TYPE_CHECKING:
@@ -275,6 +277,7 @@ def import_archive(
     if on_conflict is not None and on_conflict not in CONFLICT_MODES:
         raise ValidationError(f"on_conflict must be one of {CONFLICT_MODES}, got {on_conflict!r}")
     header = parsed.header
+    rules = archive_rules(parsed.manifest.get("extraction"))
     target_name = name or header.name
     try:
         existing: MemCube | None = mos.vault.get_cube(target_name)
@@ -338,6 +341,13 @@ def import_archive(
     _embed(mos, entries, to_embed, progress, report, parsed)
     report.clock = mos.vault.import_versions(cube.id, entries, wipe=wipe, new_cube=new_cube)
     _install_tensors(mos, parsed, cube, drop, report)
+    if rules is not None and new_cube is not None:
+        adopt_rules(mos, cube.id, rules)
+        report.messages.append(f"extraction rules adopted: {len(rules.rules)} rule(s), "
+                               f"{len(rules.categories)} categories")
+    elif rules is not None:
+        report.messages.append("the archive's extraction rules were not applied: "
+                               f"cube {target_name!r} keeps its own")
     mos.record_audit("import", cube_id=cube.id, detail={
         "action": report.action, "added": report.memories_added,
         "updated": report.memories_updated, "versions": report.versions_added,
