@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from memosys.operation.prompt import DEFAULT_SYSTEM, render_section, stable_text
-from memosys.operation.scheduler import SYSTEM_OPEN
+from memosys.operation.scheduler_worker import SYSTEM_OPEN
 from memosys.types import MemoryItem, MemoryType
 
 if TYPE_CHECKING:

@@ -35,7 +35,7 @@ from memosys.config import Settings
 from memosys.memories.activation import ActivationStore, LoadedActivation, SourceRef
 from memosys.models.local_llm import LocalLLM
 from memosys.operation.prompt import DEFAULT_SYSTEM, stable_text
-from memosys.operation.scheduler import stable_levels
+from memosys.operation.scheduler_worker import stable_levels
 from memosys.system import MemOS
 from memosys.types import MemoryItem
 
