@@ -393,3 +393,35 @@ def test_synthesised_memories_do_not_reorder_what_they_summarise(mos: MemOS) -> 
     assert {s.id for s in summaries} <= {h.item.id for h in hits}, "summaries are found"
     after = order()
     assert after == before[:len(after)]
+
+
+def test_a_synthesis_below_a_memory_it_quotes_gives_up_its_slot(mos: MemOS) -> None:
+    """Redundancy: a summary ranked under one of the statements it quotes repeats what the
+    results hold; it leaves the list (the next memory takes the slot). A summary that is
+    the best match stays."""
+    from memosys.operation.consolidate_plan import SYNTH_KEY
+    from memosys.types import MemoryItem, MemoryType
+
+    mos.ensure_cube("c")
+    cube_id = mos.get_cube("c").id
+    facts = mos.add_items("c", [MemoryItem(cube_id=cube_id, memory_type=MemoryType.FACT,
+                                           text=t) for t in (
+        "Nate loves his two pet turtles.",
+        "Nate won a video game tournament in Chicago.",
+        "Nate dyed his hair purple.",
+        "Joanna wrote a screenplay about a lighthouse.",
+    )])
+    [summary] = mos.add_items("c", [MemoryItem(
+        cube_id=cube_id, memory_type=MemoryType.FACT,
+        text="Profile of Nate. Facts: Nate loves his two pet turtles. Nate won a video game "
+             "tournament in Chicago. Nate dyed his hair purple.",
+        derived_from=[f.id for f in facts[:3]],
+        metadata={SYNTH_KEY: {"kind": "profile", "key": "nate"}})])
+
+    def ranked(query: str, top_k: int) -> list[str]:
+        return [h.item.id for h in mos.search(query, "c", top_k=top_k, record_access=False)]
+
+    pets = ranked("Does Nate love his pet turtles?", 2)
+    assert pets[0] == facts[0].id and summary.id not in pets and len(pets) == 2
+    everything = ranked("Profile of Nate: facts about Nate", 5)
+    assert everything[0] == summary.id

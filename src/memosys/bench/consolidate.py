@@ -43,7 +43,7 @@ from memosys.config import Settings
 from memosys.errors import ValidationError
 from memosys.infra.vault.base import ItemFilter
 from memosys.models.embed import Embedder
-from memosys.operation.consolidate_plan import is_synthesised
+from memosys.operation.consolidate_plan import is_synthesised, quoted_sources
 from memosys.system import MemOS
 from memosys.types import MemoryItem, MemoryKind, Source
 
@@ -54,10 +54,7 @@ def quoted_credit(searcher: Searcher, lookup: Callable[[list[str]], dict[str, Me
     from the sources whose text it holds verbatim."""
 
     def credited(item: MemoryItem) -> MemoryItem:
-        text = " ".join(item.text.split())
-        sources = lookup(list(item.derived_from))
-        quoted = [i for i in item.derived_from
-                  if i in sources and " ".join(sources[i].text.split()).rstrip(".!?") in text]
+        quoted = quoted_sources(item, lookup(list(item.derived_from)))
         return item.model_copy(update={"derived_from": quoted, "source": Source()})
 
     def search(query: str, cube_id: str) -> list[MemoryItem]:

@@ -137,6 +137,15 @@ def is_synthesised(item: MemoryItem) -> bool:
         item.metadata[SYNTH_KEY].get("kind") in ("profile", "topic")
 
 
+def quoted_sources(synthesis: MemoryItem, sources: dict[str, MemoryItem]) -> list[str]:
+    """The ids of the sources (among `sources`) whose text a synthesised memory holds word
+    for word: an extractive summary quotes them, so next to it they say nothing new (a
+    paraphrase, e.g. a model-written summary, quotes none)."""
+    text = " ".join(synthesis.text.split())
+    return [i for i in synthesis.derived_from if i in sources
+            and " ".join(sources[i].text.split()).rstrip(".!?") in text]
+
+
 def _normalised(vectors: dict[str, np.ndarray], ids: Sequence[str]) -> np.ndarray:
     mat = np.stack([np.asarray(vectors[i], dtype=np.float32) for i in ids])
     norms = np.linalg.norm(mat, axis=1, keepdims=True)

@@ -43,6 +43,7 @@ import numpy as np
 from memosys.infra.vault.base import ItemFilter, Vault
 from memosys.infra.vault.fts_query import query_terms
 from memosys.models.embed import Embedder
+from memosys.operation.consolidate_plan import quoted_sources
 from memosys.operation.context import (
     ConversationIndex,
     CubeContext,
@@ -269,8 +270,7 @@ class HybridRetriever:
         for stage in self.stages:
             if stage.enabled(run.config):
                 stage(run)
-        chosen = self._select(run.pool, flt, top_k)
-        items = self.vault.get_many([c.item_id for c in chosen])
+        chosen, items = self._collapsed(run, flt, top_k)
         hits = []
         for cand in chosen:
             item = items.get(cand.item_id)
@@ -287,6 +287,29 @@ class HybridRetriever:
                 scores,
             ))
         return hits
+
+    def _collapsed(self, run: SearchRun, flt: ItemFilter, top_k: int,
+                   ) -> tuple[list[Candidate], dict[str, MemoryItem]]:
+        """The top_k candidates and their memories, without redundant syntheses: a
+        synthesised memory ranked below a memory it quotes word for word repeats what the
+        results already hold where the query matched, so it gives its slot to the next
+        candidate. A synthesis stays when it is the best way in: above all it quotes."""
+        wanted, dropped = top_k, set()
+        for _ in range(4):  # each round frees slots; a few rounds settle it
+            chosen = [c for c in self._select(run.pool, flt, wanted)
+                      if c.item_id not in dropped]
+            items = self.vault.get_many([c.item_id for c in chosen])
+            ranks = {c.item_id: n for n, c in enumerate(chosen)}
+            for cand in chosen:
+                if cand.turn.aggregate and cand.item_id in items and any(
+                        ranks[i] < ranks[cand.item_id]
+                        for i in quoted_sources(items[cand.item_id], items)):
+                    dropped.add(cand.item_id)
+            kept = [c for c in chosen if c.item_id not in dropped]
+            if len(kept) >= top_k or len(chosen) + len(dropped) < wanted:
+                break
+            wanted = top_k + len(dropped)
+        return kept[:top_k], items
 
     def _select(self, pool: dict[str, Candidate], flt: ItemFilter,
                 top_k: int) -> list[Candidate]:
