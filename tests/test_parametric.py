@@ -404,3 +404,15 @@ def test_null_space_keeps_lora_from_reading_general_inputs(llm: LocalLLM) -> Non
         assert drift() < 0.2 * before  # so a general prompt barely changes
     finally:
         bank.remove("ns")
+
+
+def test_bench_knobs_are_typed_from_the_train_config() -> None:
+    from memosys.errors import ValidationError
+    from memosys.interface.cli_parametric import knobs
+
+    assert knobs(["null_space=0.99", "target_modules=gate_proj,up_proj", "top_layers=none",
+                  "rank=4"]) == {"null_space": 0.99, "target_modules": ("gate_proj", "up_proj"),
+                                 "top_layers": None, "rank": 4}
+    for bad in ("nosuch=1", "rank", "rank=x"):
+        with pytest.raises(ValidationError):
+            knobs([bad])

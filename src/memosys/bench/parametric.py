@@ -116,6 +116,7 @@ def run_parametric_bench(
     console: Console,
     progress: ProgressFactory,
     replay: int | None = None,
+    decoys: int | None = None,
 ) -> dict[str, Any]:
     facts = invented_facts(n_facts)
     with tempfile.TemporaryDirectory(prefix="memosys-bench-parametric-") as tmp:
@@ -131,7 +132,7 @@ def run_parametric_bench(
             base_s = time.perf_counter() - started
             with progress("training") as bar:
                 record = pm.distil("facts", ids, name="bench", config=config, replay=replay,
-                                   progress=bar)
+                                   decoys=decoys, progress=bar)
             adapted = [pm.chat([m], cube_ids="facts", max_new_tokens=24, stop=FIRST_SENTENCE).text
                        for m in ask]
             routed = [pm.chat([m], cube_ids="facts", max_new_tokens=24, stop=FIRST_SENTENCE,
