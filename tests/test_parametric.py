@@ -171,7 +171,8 @@ def test_deleting_a_source_makes_the_adapter_stale_and_unused(
     pmos.create_cube("c")
     ids = [pmos.add("c", text)[0].id for text in FACTS]
     pm = pmos.parametric
-    record = pm.distil("c", ids, config=NOOP, replay=0, evaluate=False)
+    record = pm.distil("c", ids, config=NOOP, replay=0, decoys=1, evaluate=False)
+    assert record.header["data"]["decoys"] == 2  # one per fact, answered by the base model
     assert pm.selection("c").names == (record.bank_name,)
     pmos.delete(ids[1])
     after = pm.get(record.id)

@@ -86,7 +86,7 @@ TEACHER_PROMPT = "Use this fact to answer: {memory}"
 REPLAY_TOKENS = 32
 PROBE_TOKENS = 24
 DEFAULT_REPLAY = len(REPLAY_PROMPTS)
-DEFAULT_DECOYS = 2
+DEFAULT_DECOYS = 0
 """Decoy questions per source memory (see :func:`~.parametric_data.decoy_questions`)."""
 MAX_DECOYS = 8
 FIRST_SENTENCE = (". ", "\n")
