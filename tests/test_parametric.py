@@ -132,6 +132,26 @@ def test_one_users_adapter_never_reaches_another(
     assert "".join(parts["bob"]) == base
 
 
+def test_routing_attaches_an_adapter_only_to_related_questions(
+    served: MemOS, trained: tuple[Path, str, str], llm: LocalLLM
+) -> None:
+    _, adapter_id, base = trained
+    pm = served.parametric
+    record = pm.get(adapter_id)
+    related = "Tell me Quorvin Tallisander's hometown."  # the held-out phrasing
+    unrelated = "What is the capital of France?"
+    assert pm.routes(record, related)
+    assert not pm.routes(record, unrelated)
+    assert pm.selection("alice", user="alice", query=unrelated) == AdapterSelection()
+    assert pm.selection("alice", user="alice", query=related).names == (record.bank_name,)
+    msg = [{"role": "user", "content": unrelated}]
+    assert pm.chat(msg, cube_ids="alice", user="alice", routed=True,
+                   max_new_tokens=20).text == llm.chat(msg, max_new_tokens=20).text
+    answer = pm.chat([{"role": "user", "content": QUESTION}], cube_ids="alice", user="alice",
+                     routed=True, max_new_tokens=20).text
+    assert "velbrook" in answer.lower()
+
+
 def test_chat_answers_distilled_memories_from_the_weights(
     served: MemOS, trained: tuple[Path, str, str]
 ) -> None:
@@ -151,7 +171,8 @@ def test_deleting_a_source_makes_the_adapter_stale_and_unused(
     pmos.create_cube("c")
     ids = [pmos.add("c", text)[0].id for text in FACTS]
     pm = pmos.parametric
-    record = pm.distil("c", ids, config=NOOP, replay=0, evaluate=False)
+    record = pm.distil("c", ids, config=NOOP, replay=0, decoys=1, evaluate=False)
+    assert record.header["data"]["decoys"] == 2  # one per fact, answered by the base model
     assert pm.selection("c").names == (record.bank_name,)
     pmos.delete(ids[1])
     after = pm.get(record.id)
@@ -288,6 +309,9 @@ def test_replay_kl_is_zero_for_the_base_function_and_positive_otherwise(llm: Loc
         # LoRA B starts at 0: the adapter is the base model, so the KL on replay is 0.
         zero = _loss_from(bank, selection, states[:1], batch[:1], 22, replay).detach()
         assert float(zero) < 1e-6
+        prompted = _Replay([True, False], 1.0, 1.0)  # the KL on prompt positions too
+        assert float(_loss_from(bank, selection, states[:1], batch[:1], 22,
+                                prompted).detach()) < 1e-6
         with torch.no_grad():
             for p in params:
                 p.add_(torch.randn_like(p) * 0.01)
@@ -298,6 +322,10 @@ def test_replay_kl_is_zero_for_the_base_function_and_positive_otherwise(llm: Loc
         full = _loss(bank, selection, batch, int(tok.pad_token_id), replay).detach()
         assert abs(float(mixed) - float(full)) < 1e-4
         assert float(mixed) > kl  # the fact row's cross-entropy is far above the KL
+        more = _loss_from(bank, selection, states, batch, 22, prompted).detach()
+        more_full = _loss(bank, selection, batch, int(tok.pad_token_id), prompted).detach()
+        assert abs(float(more) - float(more_full)) < 1e-4
+        assert float(more) > float(mixed)  # the prompt positions add their own KL
     finally:
         bank.remove("kl")
 
@@ -311,3 +339,81 @@ def test_replay_prompts_are_disjoint_from_the_forgetting_questions() -> None:
     held_out = {norm(q) for q, _ in UNRELATED_QUESTIONS}
     assert len(set(REPLAY_PROMPTS)) == len(REPLAY_PROMPTS)
     assert not held_out & {norm(q) for q in REPLAY_PROMPTS}
+
+
+def test_decoys_border_the_facts_and_are_never_their_questions() -> None:
+    from memosys.memories.parametric_data import (
+        decoy_questions,
+        parse_fact,
+        probe_question,
+        questions_for,
+    )
+
+    shapes = [parse_fact(t) for t in FACTS]
+    taught = {f"{s.subject}|{s.attribute}".lower() for s in shapes}
+    own = {q for s in shapes for q, _ in questions_for(s)} | {probe_question(s) for s in shapes}
+    for shape in shapes:
+        decoys = decoy_questions(shape, taught, 4)
+        assert decoys == decoy_questions(shape, taught, 4)  # deterministic: the data hash holds
+        assert len(decoys) == 4 and not set(decoys) & own
+        near, other = decoys[0], decoys[1]
+        # A near-miss subject asked the same attribute: one name part differs.
+        assert near.endswith(f"'s {shape.attribute}?") and shape.subject not in near
+        assert len(set(near.replace("'s ", " ").split()) & set(shape.subject.split())) == 1
+        # The same subject asked something no memory tells.
+        assert shape.subject in other and shape.attribute not in other
+
+
+def test_null_space_keeps_lora_from_reading_general_inputs(llm: LocalLLM) -> None:
+    import torch
+
+    from memosys.memories.parametric_nullspace import general_null_space
+
+    bank = bank_for(llm)
+    tok = llm.tokenizer
+    general = [
+        (llm.apply_chat_template([{"role": "user", "content": q}]),
+         tok(a, add_special_tokens=False)["input_ids"])
+        for q, a in [("What is the boiling point of water?", "Water boils at 100 degrees."),
+                     ("Name a primary colour.", "Red is a primary colour.")]
+    ]
+    ids = torch.tensor([general[0][0] + general[0][1]])
+
+    def logits(selection: AdapterSelection) -> torch.Tensor:
+        with llm.lock, torch.no_grad():
+            bank._apply(selection)  # what each request's forward does
+            return llm.model(input_ids=ids).logits
+
+    base = logits(AdapterSelection())
+    params = bank.create("ns", TINY.spec(30), trainable=True)
+    try:
+        null = general_null_space(bank, "ns", general, 0.999)
+        assert all(k > 0 for k in null.protected)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for p in params:
+                p.copy_(torch.randn_like(p) * 0.05)
+
+        def drift() -> float:
+            return float((logits(AdapterSelection.of({"ns": 1.0})) - base).abs().mean())
+
+        before = drift()
+        null.project()
+        for weight, u in null.pairs:  # lora_A reads nothing along the protected directions
+            w = weight.detach()
+            assert float((w @ u).abs().max()) < 1e-5 and float(w.abs().max()) > 0
+        assert drift() < 0.2 * before  # so a general prompt barely changes
+    finally:
+        bank.remove("ns")
+
+
+def test_bench_knobs_are_typed_from_the_train_config() -> None:
+    from memosys.errors import ValidationError
+    from memosys.interface.cli_parametric import knobs
+
+    assert knobs(["null_space=0.99", "target_modules=gate_proj,up_proj", "top_layers=none",
+                  "rank=4"]) == {"null_space": 0.99, "target_modules": ("gate_proj", "up_proj"),
+                                 "top_layers": None, "rank": 4}
+    for bad in ("nosuch=1", "rank", "rank=x"):
+        with pytest.raises(ValidationError):
+            knobs([bad])

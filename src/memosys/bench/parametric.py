@@ -9,6 +9,13 @@ the value (normalised: case, punctuation). Forgetting is measured on
 prompts: an answer agrees with the base model's when their first sentences (generation stops
 there) are the same after normalisation, or when both contain the question's reference
 answer.
+
+Both ways of serving are measured. ``unrelated_agreement`` is the *always-on* adapter (every
+request gets it: the honest forgetting number). ``unrelated_agreement_routed`` and
+``recall_after_routed`` serve with query-relevance routing
+(:mod:`memosys.memories.parametric_routing`): a request gets the adapter only when its
+question is close to the adapter's memories, with a threshold calibrated on the replay
+prompts, never on these questions.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from rich.table import Table
 from memosys.config import Settings
 from memosys.memories.parametric import FIRST_SENTENCE
 from memosys.memories.parametric_data import UNRELATED_QUESTIONS
+from memosys.memories.parametric_records import contains
 from memosys.memories.parametric_train import TrainConfig
 from memosys.models.local_llm import default_cache_dir
 from memosys.system import MemOS
@@ -108,6 +116,7 @@ def run_parametric_bench(
     console: Console,
     progress: ProgressFactory,
     replay: int | None = None,
+    decoys: int | None = None,
 ) -> dict[str, Any]:
     facts = invented_facts(n_facts)
     with tempfile.TemporaryDirectory(prefix="memosys-bench-parametric-") as tmp:
@@ -123,14 +132,28 @@ def run_parametric_bench(
             base_s = time.perf_counter() - started
             with progress("training") as bar:
                 record = pm.distil("facts", ids, name="bench", config=config, replay=replay,
-                                   progress=bar)
+                                   decoys=decoys, progress=bar)
             adapted = [pm.chat([m], cube_ids="facts", max_new_tokens=24, stop=FIRST_SENTENCE).text
                        for m in ask]
+            routed = [pm.chat([m], cube_ids="facts", max_new_tokens=24, stop=FIRST_SENTENCE,
+                              routed=True).text for m in ask]
+            fresh = pm.get(record.id)
+            scored = [pm.route_score(fresh, q) for q, _ in UNRELATED_QUESTIONS]
+            route_scores = [round(score, 3) for score, _ in scored]
+            threshold = scored[0][1]
+            routed_hits = []
+            for probe in record.header["eval"]["probes"]:
+                answer = pm.chat([{"role": "user", "content": probe["question"]}],
+                                 cube_ids="facts", max_new_tokens=24, stop=FIRST_SENTENCE,
+                                 routed=True).text
+                routed_hits.append(contains(answer, probe["expected"]))
             size = record.path.stat().st_size
     ev = record.header["eval"]
     training = record.header["training"]
     agree = [agrees(b, a, ref) for b, a, (_, ref) in zip(base, adapted, UNRELATED_QUESTIONS,
                                                           strict=True)]
+    agree_routed = [agrees(b, a, ref) for b, a, (_, ref) in zip(base, routed,
+                                                                 UNRELATED_QUESTIONS, strict=True)]
     acc_before = sum(_norm(r) in _norm(b) for b, (_, r) in zip(base, UNRELATED_QUESTIONS,
                                                                strict=True))
     acc_after = sum(_norm(r) in _norm(a) for a, (_, r) in zip(adapted, UNRELATED_QUESTIONS,
@@ -140,6 +163,9 @@ def run_parametric_bench(
         "recall_before": ev["recall_before"],
         "recall_after": ev["recall_after"],
         "unrelated_agreement": round(sum(agree) / len(agree), 4),
+        "recall_after_routed": round(sum(routed_hits) / max(1, len(routed_hits)), 4),
+        "unrelated_agreement_routed": round(sum(agree_routed) / len(agree_routed), 4),
+        "route_threshold": round(threshold, 3),
         "unrelated_accuracy_before": round(acc_before / len(agree), 4),
         "unrelated_accuracy_after": round(acc_after / len(agree), 4),
         "train_s": training["train_s"],
@@ -148,12 +174,15 @@ def run_parametric_bench(
         "final_loss": training["loss_curve"][-1],
         "examples": record.header["data"]["examples"],
         "replay": record.header["data"]["replay"],
+        "decoys": record.header["data"].get("decoys", 0),
         "config": config.to_json(),
         "base_answer_s": round(base_s / len(ask), 2),
         "probes": ev["probes"],
         "unrelated": [
-            {"question": q, "reference": r, "base": b, "adapted": a, "agrees": g}
-            for (q, r), b, a, g in zip(UNRELATED_QUESTIONS, base, adapted, agree, strict=True)
+            {"question": q, "reference": r, "base": b, "adapted": a, "agrees": g,
+             "routed": ra, "route_score": sc}
+            for (q, r), b, a, g, ra, sc in zip(UNRELATED_QUESTIONS, base, adapted, agree, routed,
+                                               route_scores, strict=True)
         ],
     }
     table = Table(title=f"parametric memory: {n_facts} invented facts, one LoRA adapter")
@@ -162,7 +191,9 @@ def run_parametric_bench(
     for key, label in (
         ("recall_before", "closed-book recall before"),
         ("recall_after", "closed-book recall after"),
-        ("unrelated_agreement", "unrelated questions: agreement with base"),
+        ("unrelated_agreement", "unrelated questions: agreement with base (always on)"),
+        ("recall_after_routed", "closed-book recall after, routed"),
+        ("unrelated_agreement_routed", "unrelated questions: agreement with base, routed"),
         ("unrelated_accuracy_before", "unrelated accuracy before"),
         ("unrelated_accuracy_after", "unrelated accuracy after"),
         ("train_s", "training time (s)"),

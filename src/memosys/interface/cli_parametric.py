@@ -152,12 +152,15 @@ def ask(
     scale: Annotated[float, typer.Option(help="Adapter scale (0 = base model).")] = 1.0,
     user: Annotated[str | None, typer.Option(help="Asking user (owner checks).")] = None,
     max_tokens: Annotated[int, typer.Option(help="Answer length limit.")] = 64,
+    routed: Annotated[bool, typer.Option("--routed/--always",
+                      help="Attach only adapters the question is close to.")] = False,
     home: HomeOpt = None,
 ) -> None:
     """Ask the model closed-book (nothing in the prompt) with the cube's adapters."""
     with runtime(home) as mos:
         result = mos.parametric.chat([{"role": "user", "content": question}], cube_ids=cube,
-                                     user=user, scale=scale, max_new_tokens=max_tokens)
+                                     user=user, scale=scale, max_new_tokens=max_tokens,
+                                     routed=routed)
     out.print(result.text)
 
 
@@ -165,15 +168,53 @@ def bench_parametric(
     facts: Annotated[int, typer.Option("--facts", help="Invented facts to distil.")] = 20,
     replay: Annotated[int | None, typer.Option("--replay", help="Replay prompts (default: all).")]
     = None,
+    decoys: Annotated[int | None, typer.Option("--decoys", help="Decoy questions per fact "
+                      "(default: the distillation default).")] = None,
     steps: StepsOpt = None, lr: LrOpt = None, rank: RankOpt = None, batch_size: BatchOpt = None,
+    knob: Annotated[list[str] | None, typer.Option("--set", help="Any TrainConfig knob, "
+                    "KEY=VALUE (repeat), e.g. null_space=0.99 or "
+                    "target_modules=gate_proj,up_proj,down_proj.")] = None,
     json_file: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
 ) -> None:
     """Closed-book recall of distilled facts before/after, and forgetting."""
+    from dataclasses import replace
+
     from memosys.bench.parametric import run_parametric_bench
 
     with guarded():
-        run_parametric_bench(facts, train_config(steps, lr, rank, batch_size), json_file, out,
-                             training_bar, replay=replay)
+        config = replace(train_config(steps, lr, rank, batch_size), **knobs(knob or []))
+        run_parametric_bench(facts, config, json_file, out, training_bar, replay=replay,
+                             decoys=decoys)
+
+
+def knobs(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings as TrainConfig keyword arguments (typed from the defaults)."""
+    from dataclasses import fields
+
+    from memosys.errors import ValidationError
+    from memosys.memories.parametric_train import TrainConfig
+
+    known = {f.name: f.default for f in fields(TrainConfig)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or key not in known:
+            raise ValidationError(f"--set wants KEY=VALUE with KEY one of {sorted(known)}, "
+                                  f"got {pair!r}")
+        default = known[key]
+        try:
+            if value.lower() == "none":
+                out[key] = None
+            elif isinstance(default, tuple):
+                out[key] = tuple(v.strip() for v in value.split(",") if v.strip())
+            elif isinstance(default, float):
+                out[key] = float(value)
+            else:
+                out[key] = int(value)
+        except ValueError:
+            raise ValidationError(f"--set {key}: bad value {value!r}") from None
+    return out
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:

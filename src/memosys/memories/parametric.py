@@ -46,6 +46,7 @@ from memosys.memories.parametric_data import (
     Example,
     Method,
     data_hash,
+    decoy_questions,
     parse_fact,
     probe_question,
     questions_for,
@@ -68,6 +69,7 @@ from memosys.memories.parametric_records import (
     state_write,
     write_atomic,
 )
+from memosys.memories.parametric_routing import AdapterRouter
 from memosys.memories.parametric_train import TrainConfig, TrainResult, train_adapter
 from memosys.models.adapters import AdapterBank, AdapterSelection, LoraSpec, bank_for
 from memosys.models.llm import ChatResult, Message
@@ -84,6 +86,9 @@ TEACHER_PROMPT = "Use this fact to answer: {memory}"
 REPLAY_TOKENS = 32
 PROBE_TOKENS = 24
 DEFAULT_REPLAY = len(REPLAY_PROMPTS)
+DEFAULT_DECOYS = 0
+"""Decoy questions per source memory (see :func:`~.parametric_data.decoy_questions`)."""
+MAX_DECOYS = 8
 FIRST_SENTENCE = (". ", "\n")
 """Probes stop after the first sentence: the answer to a fact is there, and it halves the cost."""
 MAX_SOURCES = 500
@@ -99,6 +104,7 @@ class ParametricMemory:
         self._llm = llm
         self.root = Path(mos.settings.home) / "adapters"
         self._lock = threading.RLock()
+        self._router: AdapterRouter | None = None
 
     # ------------------------------------------------------------------ model
 
@@ -136,6 +142,7 @@ class ParametricMemory:
         move: bool = False,
         evaluate: bool = True,
         replay: int | None = None,
+        decoys: int | None = None,
         min_uses: int = 0,
         progress: StepProgress | None = None,
         should_stop: Callable[[], bool] | None = None,
@@ -146,17 +153,20 @@ class ParametricMemory:
         persona memory of the cube used in at least ``min_uses`` answers). ``method``:
         ``"template"`` answers from the memory text; ``"context"`` answers as the base model
         does with the memory in its context (context distillation). ``replay``: how many
-        replay prompts (default: all). Interrupted (Ctrl-C, ``should_stop``) it raises
-        :class:`~memosys.errors.TrainingInterrupted`; the same call again resumes."""
+        replay prompts (default: all); ``decoys``: decoy questions per memory, answered by
+        the base model (default :data:`DEFAULT_DECOYS`). Interrupted (Ctrl-C,
+        ``should_stop``) it raises :class:`~memosys.errors.TrainingInterrupted`; the same call
+        again resumes."""
         if method not in METHODS:
             raise ValidationError(f"method must be one of {list(METHODS)}, got {method!r}")
         config = config or TrainConfig()
         found = self.mos.get_cube(cube)
         sources = self._sources(found.id, memory_ids, min_uses)
         llm = self.llm
-        examples = self._examples(sources, method, DEFAULT_REPLAY if replay is None else replay)
+        examples = self._examples(sources, method, DEFAULT_REPLAY if replay is None else replay,
+                                  DEFAULT_DECOYS if decoys is None else decoys)
         tokens = [self._encode(e) for e in examples]
-        flags = [e.kind == "replay" for e in examples]
+        flags = [e.kind in ("replay", "decoy") for e in examples]
         digest = data_hash(tokens, flags)
         adapter_id = new_id()
         work = self.root / found.id / f".train-{digest[:16]}"
@@ -165,6 +175,7 @@ class ParametricMemory:
             trained = train_adapter(
                 self.bank, bank_name(adapter_id), tokens, config, work, digest,
                 progress=progress, should_stop=should_stop, replay=flags,
+                general=[e.kind == "replay" for e in examples],
             )
             return self._store(found.id, adapter_id, name, sources, examples, digest, method,
                                config, trained, probes_before, move=move, evaluate=evaluate,
@@ -205,7 +216,9 @@ class ParametricMemory:
             raise ValidationError(f"at most {MAX_SOURCES} memories per adapter; pass memory_ids")
         return items
 
-    def _examples(self, sources: list[MemoryItem], method: Method, replay: int) -> list[Example]:
+    def _examples(
+        self, sources: list[MemoryItem], method: Method, replay: int, decoys: int = 0
+    ) -> list[Example]:
         from memosys.operation.prompt import DEFAULT_SYSTEM, system_message
 
         systems = (None, system_message(DEFAULT_SYSTEM + "\n", []))
@@ -224,6 +237,29 @@ class ParametricMemory:
                     out.append(Example(question, " ".join(item.text.split()), item.id, kind,
                                        system=system))
         out.extend(self._replay(replay))
+        out.extend(self._decoys(sources, decoys))
+        return out
+
+    def _decoys(self, sources: list[MemoryItem], count: int) -> list[Example]:
+        """Questions bordering the sources' (other attributes, near-miss subjects), answered
+        as the base model answers them: trained like replay, they teach where facts stop."""
+        if not 0 <= count <= MAX_DECOYS:
+            raise ValidationError(f"decoys must be in 0..{MAX_DECOYS}, got {count}")
+        if count == 0:
+            return []
+        shapes = [(item, parse_fact(item.text)) for item in sources]
+        taught = {f"{sh.subject}|{sh.attribute}".lower() for _, sh in shapes if sh.attribute}
+        own = {" ".join(q.lower().split()) for _, sh in shapes for q, _ in questions_for(sh)}
+        out: list[Example] = []
+        with self.bank.using(None):
+            for item, shape in shapes:
+                for question in decoy_questions(shape, taught, count):
+                    if " ".join(question.lower().split()) in own:
+                        continue  # a near miss that is another source's own question
+                    r = self.llm.chat([{"role": "user", "content": question}],
+                                      max_new_tokens=REPLAY_TOKENS)
+                    out.append(Example(question, r.text, item.id, "decoy",
+                                       r.finish_reason == "stop"))
         return out
 
     def _teacher(self, memory: str, questions: list[str]) -> list[ChatResult]:
@@ -337,6 +373,7 @@ class ParametricMemory:
             "data": {
                 "method": method, "sha256": digest, "examples": len(examples),
                 "replay": sum(e.kind == "replay" for e in examples),
+                "decoys": sum(e.kind == "decoy" for e in examples),
             },
             "training": {
                 "steps": trained.steps, "batch_size": config.batch_size,
@@ -476,10 +513,13 @@ class ParametricMemory:
         *,
         user: str | None = None,
         scale: float = 1.0,
+        query: str | None = None,
     ) -> AdapterSelection:
         """The ready adapters of these cubes (loaded now) that ``user`` may use, at ``scale``.
 
-        A cube owned by someone other than ``user`` contributes nothing."""
+        A cube owned by someone other than ``user`` contributes nothing. With ``query``
+        (routing) only adapters whose memories the query is close to are chosen
+        (:meth:`routes`)."""
         if isinstance(cube_ids, str):
             cube_ids = [cube_ids]
         chosen: dict[str, float] = {}
@@ -492,9 +532,28 @@ class ParametricMemory:
                     continue
                 if user is not None and record.item.owner not in (None, user):
                     continue
+                if query is not None and not self.routes(record, query):
+                    continue
                 self._ensure_loaded(record)
                 chosen[record.bank_name] = scale
         return AdapterSelection.of(chosen)
+
+    def route_score(self, record: AdapterRecord, query: str) -> tuple[float, float]:
+        """(similarity of ``query`` to the adapter's memories and training questions, the
+        adapter's routing threshold); see :mod:`.parametric_routing`."""
+        if self._router is None:
+            with self._lock:
+                if self._router is None:
+                    self._router = AdapterRouter(self.mos.embedder)
+        found = self.mos.vault.get_many([s["id"] for s in record.sources])
+        keys = self._router.keys_for(record, [found[s["id"]] for s in record.sources
+                                              if s["id"] in found])
+        return keys.score(self._router.embed_query(query)), keys.threshold
+
+    def routes(self, record: AdapterRecord, query: str) -> bool:
+        """Whether a request asking ``query`` is close enough to get this adapter."""
+        score, threshold = self.route_score(record, query)
+        return score >= threshold
 
     def load_selection(
         self, records: Sequence[AdapterRecord], scale: float = 1.0
@@ -536,9 +595,16 @@ class ParametricMemory:
         temperature: float = 0.0,
         stop: Sequence[str] | str | None = None,
         seed: int | None = None,
+        routed: bool = False,
     ) -> ChatResult:
-        """Answer with the cubes' ready adapters attached (and nothing in the prompt)."""
-        selection = self.selection(cube_ids, user=user, scale=scale)
+        """Answer with the cubes' ready adapters attached (and nothing in the prompt).
+
+        ``routed``: attach only the adapters the last user message is close to."""
+        query = None
+        if routed:
+            query = next((str(m.get("content") or "") for m in reversed(messages)
+                          if m.get("role") == "user"), "")
+        selection = self.selection(cube_ids, user=user, scale=scale, query=query)
         with self.bank.using(selection):
             return self.llm.chat(messages, max_new_tokens=max_new_tokens,
                                  temperature=temperature, stop=stop, seed=seed)

@@ -38,6 +38,8 @@ __all__ = [
     "FactShape",
     "Method",
     "data_hash",
+    "decoy_questions",
+    "near_miss_subject",
     "parse_fact",
     "probe_question",
     "questions_for",
@@ -64,8 +66,8 @@ class Example:
     question: str
     answer: str
     source_id: str | None
-    """The memory it teaches; ``None`` for replay."""
-    kind: Literal["qa", "statement", "replay"]
+    """The memory it teaches; ``None`` for replay (a decoy names the memory it borders)."""
+    kind: Literal["qa", "statement", "replay", "decoy"]
     complete: bool = True
     """Whether the answer is a whole turn (then the end-of-turn token is trained too)."""
     system: str | None = None
@@ -99,6 +101,66 @@ def questions_for(shape: FactShape) -> list[tuple[str, Literal["qa", "statement"
         out.append((f"Do you know {shape.subject}'s {shape.attribute}?", "qa"))
     out.append((f"What do you know about {shape.subject}?", "statement"))
     return out
+
+
+# Decoys: questions next to a memory's - its subject's *other* attributes, and near-miss
+# subjects (one name part swapped) with its attribute - answered by the base model, so the
+# adapter learns where its facts stop instead of answering every "What is <Name>'s <x>?"
+# with a memorised value. Generic pools: nothing here is fitted to a particular fact set.
+DECOY_ATTRIBUTES: tuple[str, ...] = (
+    "favourite colour", "age", "birthday", "job", "nationality", "height", "best friend",
+    "phone number", "shoe size", "middle name", "favourite sport", "eye colour",
+)
+DECOY_FIRST_NAMES: tuple[str, ...] = (
+    "John", "Maria", "David", "Anna", "James", "Sofia", "Robert", "Emma", "Carlos", "Laura",
+    "Peter", "Nina",
+)
+DECOY_SURNAMES: tuple[str, ...] = (
+    "Smith", "Garcia", "Brown", "Müller", "Johnson", "Rossi", "Wilson", "Martin", "Taylor",
+    "Novak", "Lee", "Clark",
+)
+
+
+def _pick(pool: Sequence[str], key: str, avoid: set[str]) -> str:
+    start = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+    for k in range(len(pool)):
+        choice = pool[(start + k) % len(pool)]
+        if choice.lower() not in avoid:
+            return choice
+    return pool[start % len(pool)]
+
+
+def near_miss_subject(subject: str, k: int = 0) -> str:
+    """``subject`` with one name part swapped for a common one (deterministic; ``k`` gives
+    other near misses: even swaps the first name, odd the last)."""
+    parts = subject.split()
+    avoid = {p.lower() for p in parts}
+    key = f"{subject}#{k}"
+    if len(parts) >= 2 and k % 2:
+        return " ".join([*parts[:-1], _pick(DECOY_SURNAMES, key, avoid)])
+    if len(parts) >= 2:
+        return " ".join([_pick(DECOY_FIRST_NAMES, key, avoid), *parts[1:]])
+    return f"{_pick(DECOY_FIRST_NAMES, key, avoid)} {subject}"
+
+
+def decoy_questions(shape: FactShape, taught: set[str], count: int) -> list[str]:
+    """Up to ``count`` questions bordering a memory that its adapter must *not* answer from
+    it: alternately a near-miss subject asked the same attribute, and the same subject
+    asked an attribute no distilled memory gives it (``taught``: "<subject>|<attribute>"
+    of every source, lower case)."""
+    out: list[str] = []
+    subject = shape.subject
+    free = [a for a in DECOY_ATTRIBUTES if f"{subject}|{a}".lower() not in taught]
+    for k in range(count):
+        if k % 2 == 0:
+            other = near_miss_subject(subject, k // 2)
+            out.append(f"What is {other}'s {shape.attribute}?" if shape.attribute is not None
+                       else f"What do you know about {other}?")
+        else:
+            attribute = _pick(free or DECOY_ATTRIBUTES, f"{subject}:{k}", set())
+            template = ("What is {s}'s {a}?", "Do you know {s}'s {a}?")[(k // 2) % 2]
+            out.append(template.format(s=subject, a=attribute))
+    return list(dict.fromkeys(out))
 
 
 def probe_question(shape: FactShape) -> str:

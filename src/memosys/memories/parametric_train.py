@@ -73,6 +73,13 @@ class TrainConfig:
     replay_kl: float = 1.0
     """Weight of the KL term to the base model on replay examples' answer tokens; 0: plain
     cross-entropy on the base model's greedy answers instead (see :func:`_objective`)."""
+    replay_kl_prompt: float = 0.0
+    """Weight of the same KL on the replay examples' *prompt* positions (their mean, added to
+    the loss): more of the base model's behaviour pinned per example (0: answers only)."""
+    null_space: float = 0.0
+    """Share of the general prompts' input energy, per adapted layer, whose directions
+    ``lora_A`` may not read (projected out after every step; 0: off). See
+    :mod:`memosys.memories.parametric_nullspace`."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every"):
@@ -83,8 +90,11 @@ class TrainConfig:
                 raise ValidationError(f"{name} must be a positive integer, got {value!r}")
         if not 0 < self.learning_rate <= 1:
             raise ValidationError(f"learning_rate must be in (0, 1], got {self.learning_rate}")
-        if not 0 <= self.replay_kl <= 100:
-            raise ValidationError(f"replay_kl must be in [0, 100], got {self.replay_kl}")
+        for name in ("replay_kl", "replay_kl_prompt"):
+            if not 0 <= getattr(self, name) <= 100:
+                raise ValidationError(f"{name} must be in [0, 100], got {getattr(self, name)}")
+        if not 0 <= self.null_space < 1:
+            raise ValidationError(f"null_space must be in [0, 1), got {self.null_space}")
         if self.warmup_steps < 0:
             raise ValidationError("warmup_steps must be >= 0")
         if not 0 < self.epochs <= 1000:
@@ -156,11 +166,14 @@ def train_adapter(
     progress: StepProgress | None = None,
     should_stop: Callable[[], bool] | None = None,
     replay: Sequence[bool] | None = None,
+    general: Sequence[bool] | None = None,
 ) -> TrainResult:
     """Train adapter ``name`` (created here, left loaded) on ``examples``; resumable.
 
     ``replay`` flags the examples that keep the base model's behaviour (their loss is the KL
-    to the base model when ``config.replay_kl`` > 0); ``data_hash`` must cover the flags."""
+    to the base model when ``config.replay_kl`` > 0); ``data_hash`` must cover the flags.
+    ``general`` flags the examples whose activations define the null space (default: the
+    replay ones) when ``config.null_space`` > 0."""
     import torch
 
     if not examples:
@@ -176,6 +189,15 @@ def train_adapter(
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     workdir.mkdir(parents=True, exist_ok=True)
     start, losses = _resume(bank, name, optimizer, workdir, data_hash, config)
+    null = None
+    if config.null_space > 0:
+        from memosys.memories.parametric_nullspace import general_null_space
+
+        picked_general = [e for e, g in zip(examples, flags if general is None else general,
+                                            strict=True) if g]
+        if picked_general:
+            null = general_null_space(bank, name, picked_general, config.null_space)
+            null.project()
     selection = AdapterSelection.of({name: 1.0})
     pad_id = int(bank.llm.tokenizer.pad_token_id or 0)
     started = time.perf_counter()
@@ -190,7 +212,7 @@ def train_adapter(
             batch = [examples[i] for i in picked]
             for group in optimizer.param_groups:
                 group["lr"] = config.lr_at(step)
-            kl = _Replay([flags[i] for i in picked], config.replay_kl)
+            kl = _Replay([flags[i] for i in picked], config.replay_kl, config.replay_kl_prompt)
             if frozen is not None:
                 loss = _loss_from(bank, selection, [frozen[i] for i in picked], batch, split,
                                   kl)
@@ -199,6 +221,8 @@ def train_adapter(
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if null is not None:
+                null.project()
             losses.append(round(float(loss.detach()), 5))
             step += 1
             if progress is not None:
@@ -225,10 +249,15 @@ class _Replay:
 
     rows: list[bool]
     weight: float
+    prompt_weight: float = 0.0
 
     @property
     def kl_rows(self) -> list[int]:
         return [i for i, r in enumerate(self.rows) if r] if self.weight > 0 else []
+
+    @property
+    def prompt_rows(self) -> list[int]:
+        return [i for i, r in enumerate(self.rows) if r] if self.prompt_weight > 0 else []
 
 
 _NO_REPLAY = _Replay([], 0.0)
@@ -254,13 +283,14 @@ def _loss(
         mask[row, longest - len(seq):] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     model = bank.llm.model
-    rows = replay.kl_rows
+    rows = sorted(set(replay.kl_rows) | set(replay.prompt_rows))
+    keep_all = bool(replay.prompt_rows)
 
     def forward(sel: AdapterSelection, keep: slice | list[int]) -> torch.Tensor:
         bank._apply(sel)
         return model(input_ids=ids[keep], attention_mask=mask[keep],
                      position_ids=positions[keep], use_cache=False,
-                     logits_to_keep=answer_span + 1).logits
+                     logits_to_keep=0 if keep_all else answer_span + 1).logits
 
     with bank.llm.lock:
         base = None
@@ -268,7 +298,7 @@ def _loss(
             with torch.no_grad():
                 base = forward(AdapterSelection(), rows)
         logits = forward(selection, slice(None))
-    return _objective(logits, targets, rows, base, replay.weight)
+    return _combined(logits, base, rows, targets, mask, batch, answer_span, replay)
 
 
 class _Reached(Exception):
@@ -340,11 +370,12 @@ def _loss_from(
         hidden[row, longest - h.shape[0]:] = h
         mask[row, longest - h.shape[0]:] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    rows = replay.kl_rows
+    rows = sorted(set(replay.kl_rows) | set(replay.prompt_rows))
+    keep = 0 if replay.prompt_rows else answer_span + 1
 
-    def forward(sel: AdapterSelection, keep: slice | list[int]) -> torch.Tensor:
+    def forward(sel: AdapterSelection, rows_: slice | list[int]) -> torch.Tensor:
         bank._apply(sel)
-        h, m, pos = hidden[keep], mask[keep], positions[keep]
+        h, m, pos = hidden[rows_], mask[rows_], positions[rows_]
         causal = create_causal_mask(
             config=model.config, inputs_embeds=h, attention_mask=m,
             past_key_values=None, position_ids=pos,
@@ -352,7 +383,7 @@ def _loss_from(
         rotary = model.model.rotary_emb(h, position_ids=pos)
         for layer in model.model.layers[split:]:
             h = layer(h, attention_mask=causal, position_ids=pos, position_embeddings=rotary)
-        return model.lm_head(model.model.norm(h[:, -(answer_span + 1):]))
+        return model.lm_head(model.model.norm(h[:, -keep:]))
 
     with bank.llm.lock:
         base = None
@@ -360,7 +391,42 @@ def _loss_from(
             with torch.no_grad():  # the teacher: the same layers with no adapter
                 base = forward(AdapterSelection(), rows)
         logits = forward(selection, slice(None))
-    return _objective(logits, targets, rows, base, replay.weight)
+    return _combined(logits, base, rows, targets, mask, batch, answer_span, replay)
+
+
+def _combined(
+    logits: torch.Tensor,
+    base: torch.Tensor | None,
+    rows: list[int],
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    batch: list[TokenExample],
+    answer_span: int,
+    replay: _Replay,
+) -> torch.Tensor:
+    """:func:`_objective` on the answer span, plus ``replay.prompt_weight`` x the mean KL on
+    the replay rows' prompt positions when the logits cover whole sequences."""
+    import torch
+
+    span = answer_span + 1
+    kl_rows = replay.kl_rows
+    answer_base = None
+    if base is not None and kl_rows:
+        answer_base = base[[rows.index(r) for r in kl_rows], -span:]
+    loss = _objective(logits[:, -span:], targets, kl_rows, answer_base, replay.weight)
+    if not replay.prompt_rows or base is None:
+        return loss
+    longest = int(logits.shape[1])
+    # Positions predicting a prompt token: real tokens before the last prompt position.
+    prompt = torch.zeros((len(rows), longest), dtype=torch.bool)
+    for k, r in enumerate(rows):
+        length = len(batch[r][0]) + len(batch[r][1])
+        prompt[k, longest - length:longest - len(batch[r][1]) - 1] = True
+    prompt &= mask[rows].bool()
+    log_p = torch.log_softmax(base.float(), dim=-1)
+    log_q = torch.log_softmax(logits[rows].float(), dim=-1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+    return loss + replay.prompt_weight * (kl * prompt).sum() / prompt.sum().clamp(min=1)
 
 
 def _targets(batch: list[TokenExample], answer_span: int) -> torch.Tensor:
