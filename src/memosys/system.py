@@ -8,8 +8,6 @@ concurrent writers never lose an update or resurrect an overwritten one.
 from __future__ import annotations
 
 import dataclasses
-import random
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from memosys.arg_checks import dict_arg, int_arg, seq_arg, text_arg
 from memosys.config import Settings
 from memosys.errors import (
     ConflictError,
@@ -27,11 +26,12 @@ from memosys.errors import (
     ValidationError,
 )
 from memosys.infra.vault import open_vault
-from memosys.infra.vault.base import ItemFilter, Job, Snapshot, Vault, VersionRecord, Write
+from memosys.infra.vault.base import ItemFilter, Job, Vault, VersionRecord, Write
 from memosys.models.embed import Embedder, MemoizedEmbedder, make_embedder
 from memosys.operation.retrieval import HybridRetriever, RetrievalConfig, SearchHit
 from memosys.system_features import FeaturesAPI
 from memosys.system_governance import GovernanceAPI
+from memosys.system_versions import RETRIES, UPDATABLE, CubeVersionsAPI, backoff, restorable
 from memosys.types import (
     CubeConfig,
     MemCube,
@@ -48,7 +48,6 @@ from memosys.types import (
 if TYPE_CHECKING:
     from memosys.interface.reader import MemReader
 
-_RETRIES = 12
 MAX_TOP_K = 1000
 _EMBED_BATCH = 64
 
@@ -93,13 +92,9 @@ class SearchFilters:
     valid_at: datetime | None = None
 
 
-_UPDATABLE = {
-    "text", "memory_type", "tags", "valid_from", "valid_to", "visibility", "state",
-    "metadata", "owner", "sensitivity",
-}
 
 
-class MemOS(GovernanceAPI, FeaturesAPI):
+class MemOS(GovernanceAPI, FeaturesAPI, CubeVersionsAPI):
     """The memory runtime: mounts cubes in one vault and serves the Memory API.
 
     Every method checks and audits the current actor (`actor`, `as_actor`; see
@@ -161,7 +156,7 @@ class MemOS(GovernanceAPI, FeaturesAPI):
     def get_cube(self, cube: str, *, need: str = "read") -> MemCube:
         """A cube by name or id the actor may `need` (read/write/delete/share), checked
         against this runtime's embedder."""
-        found = self.vault.get_cube(_text_arg("cube", cube))
+        found = self.vault.get_cube(text_arg("cube", cube))
         self._access.require_cube(found, need, op=f"cube.{need}", name=cube)
         return self._embedder_checked(found)
 
@@ -190,7 +185,7 @@ class MemOS(GovernanceAPI, FeaturesAPI):
 
     def reembed(self, cube: str, progress: Progress | None = None) -> int:
         """Recompute every embedding of a cube with this runtime's embedder."""
-        found = self.vault.get_cube(_text_arg("cube", cube))
+        found = self.vault.get_cube(text_arg("cube", cube))
         self._access.require_cube(found, "write", op="reembed", name=cube)
         items = self._all_items(found.id)
         vectors: dict[str, Any] = {}
@@ -248,7 +243,7 @@ class MemOS(GovernanceAPI, FeaturesAPI):
         found = self.get_cube(cube, need="write")
         common: dict[str, Any] = {
             "cube_id": found.id,
-            "tags": list(_seq_arg("tags", tags)),
+            "tags": list(seq_arg("tags", tags)),
             "owner": self._access.owner_for_new(owner) if owner or not user
             else (user if self._access.unrestricted else self._actor.user_id),
             "visibility": visibility,
@@ -260,15 +255,15 @@ class MemOS(GovernanceAPI, FeaturesAPI):
             items.append(validated(
                 MemoryItem,
                 **common,
-                text=_text_arg("text", text, allow_empty=True),
+                text=text_arg("text", text, allow_empty=True),
                 memory_type=memory_type or (MemoryType.EPISODE if infer else MemoryType.FACT),
                 valid_from=valid_from,
                 source=Source(user=user, agent=agent, session=session,
                               document_uri=document_uri),
             ))
         else:
-            for raw in _seq_arg("messages", messages or ()):
-                msg = raw if isinstance(raw, Message) else validated(Message, **_dict_arg(raw))
+            for raw in seq_arg("messages", messages or ()):
+                msg = raw if isinstance(raw, Message) else validated(Message, **dict_arg(raw))
                 speaker = msg.name or None
                 items.append(validated(
                     MemoryItem,
@@ -301,7 +296,7 @@ class MemOS(GovernanceAPI, FeaturesAPI):
 
     def job(self, job_id: str) -> Job:
         """A background job (e.g. an extraction queued by `add(infer=True, wait=False)`)."""
-        found = self.vault.get_job(_text_arg("job id", job_id))
+        found = self.vault.get_job(text_arg("job id", job_id))
         if found.cube_id is not None and not self._access.unrestricted:
             try:
                 self.get_cube(found.cube_id)
@@ -341,12 +336,12 @@ class MemOS(GovernanceAPI, FeaturesAPI):
 
     # --- reading ---------------------------------------------------------------------
     def get(self, item_id: str) -> MemoryItem:
-        found = self._access.visible_item(_text_arg("id", item_id), "get")
+        found = self._access.visible_item(text_arg("id", item_id), "get")
         self._audit("get", items=[found])
         return self._access.present([found])[0]
 
     def history(self, item_id: str) -> list[VersionRecord]:
-        current = self._access.visible_item(_text_arg("id", item_id), "history")
+        current = self._access.visible_item(text_arg("id", item_id), "history")
         records = self.vault.history(current.id)
         if not records:
             raise NotFoundError(f"no memory {item_id!r}")
@@ -363,11 +358,11 @@ class MemOS(GovernanceAPI, FeaturesAPI):
         limit: int = 100,
         offset: int = 0,
     ) -> list[MemoryItem]:
-        found = self.vault.get_cube(_text_arg("cube", cube))
+        found = self.vault.get_cube(text_arg("cube", cube))
         self._access.require_cube(found, "read", op="list", name=cube)
         flt = self._access.restrict(self._filter([found.id], filters))
-        items = self.vault.list_items(flt, _int_arg("limit", limit, 1, 10_000),
-                                      _int_arg("offset", offset, 0, None))
+        items = self.vault.list_items(flt, int_arg("limit", limit, 1, 10_000),
+                                      int_arg("offset", offset, 0, None))
         self._audit("list", cube_id=found.id, items=items)
         return self._access.present(items)
 
@@ -381,13 +376,13 @@ class MemOS(GovernanceAPI, FeaturesAPI):
         record_access: bool = True,
     ) -> list[SearchHit]:
         """Hybrid search over one or several cubes (all cubes when none are named)."""
-        query = _text_arg("query", query)
-        top_k = _int_arg("top_k", top_k, 1, MAX_TOP_K)
+        query = text_arg("query", query)
+        top_k = int_arg("top_k", top_k, 1, MAX_TOP_K)
         if isinstance(cube_ids, str):
             cube_ids = [cube_ids]
         others: list[MemCube] = []
         if cube_ids:
-            cubes = [self.get_cube(c).id for c in _seq_arg("cube_ids", cube_ids)]
+            cubes = [self.get_cube(c).id for c in seq_arg("cube_ids", cube_ids)]
         else:  # every cube the actor can read, plus the public memories of the others
             readable, others = self._access.split_cubes(self.vault.list_cubes())
             cubes = [self._embedder_checked(c).id for c in [*readable, *others]]
@@ -415,9 +410,9 @@ class MemOS(GovernanceAPI, FeaturesAPI):
             except TypeError as exc:
                 raise ValidationError(f"bad filters: {exc}") from None
         try:
-            types = tuple(MemoryType(t) for t in _seq_arg("memory_types", filters.memory_types))
-            states = tuple(MemoryState(s) for s in _seq_arg("states", filters.states))
-            kinds = tuple(MemoryKind(k) for k in _seq_arg("kinds", filters.kinds))
+            types = tuple(MemoryType(t) for t in seq_arg("memory_types", filters.memory_types))
+            states = tuple(MemoryState(s) for s in seq_arg("states", filters.states))
+            kinds = tuple(MemoryKind(k) for k in seq_arg("kinds", filters.kinds))
         except ValueError as exc:
             raise ValidationError(
                 f"{exc}; memory types: {[t.value for t in MemoryType]}, "
@@ -435,7 +430,7 @@ class MemOS(GovernanceAPI, FeaturesAPI):
             user=filters.user,
             agent=filters.agent,
             session=filters.session,
-            tags=tuple(_seq_arg("tags", filters.tags)),
+            tags=tuple(seq_arg("tags", filters.tags)),
             since=as_utc(filters.since),
             until=as_utc(filters.until),
             valid_at=as_utc(filters.valid_at),
@@ -449,10 +444,10 @@ class MemOS(GovernanceAPI, FeaturesAPI):
 
         With `expected_version`, fail with ConflictError if someone else wrote first;
         without, apply the change on top of whatever is current."""
-        unknown = set(changes) - _UPDATABLE
+        unknown = set(changes) - UPDATABLE
         if unknown:
             raise ValidationError(
-                f"cannot update {sorted(unknown)}; updatable: {sorted(_UPDATABLE)}"
+                f"cannot update {sorted(unknown)}; updatable: {sorted(UPDATABLE)}"
             )
         if not changes:
             raise ValidationError("nothing to update")
@@ -472,19 +467,19 @@ class MemOS(GovernanceAPI, FeaturesAPI):
 
     def rollback(self, item_id: str, version: int) -> MemoryItem:
         """Make an old version current again, as a new version (history keeps both)."""
-        version = _int_arg("version", version, 1, None)
-        current = self._access.visible_item(_text_arg("id", item_id), "rollback")
+        version = int_arg("version", version, 1, None)
+        current = self._access.visible_item(text_arg("id", item_id), "rollback")
         self._access.require_item(current, "write", "rollback")
         records = {r.item.version: r.item for r in self.vault.history(current.id)}
         if version not in records:
             raise NotFoundError(f"memory {item_id} has no version {version}")
-        return self._rewrite(item_id, "rollback", lambda _cur: _content(records[version]))
+        return self._rewrite(item_id, "rollback", lambda _cur: restorable(records[version]))
 
     def purge(self, item_ids: Sequence[str] | str) -> int:
         """Erase for good (e.g. an erasure request): no version, index entry or vector is
         left. Cannot be undone."""
-        ids = [item_ids] if isinstance(item_ids, str) else list(_seq_arg("ids", item_ids))
-        ids = list(dict.fromkeys(_text_arg("id", i) for i in ids))
+        ids = [item_ids] if isinstance(item_ids, str) else list(seq_arg("ids", item_ids))
+        ids = list(dict.fromkeys(text_arg("id", i) for i in ids))
         found = [self._access.visible_item(i, "purge") for i in ids]
         for item in found:
             self._access.require_item(item, "delete", "purge")
@@ -520,8 +515,8 @@ class MemOS(GovernanceAPI, FeaturesAPI):
         need: str = "write",
     ) -> MemoryItem:
         embedded: dict[str, np.ndarray] = {}  # a lost race retries without re-embedding
-        item_id = _text_arg("id", item_id)
-        for attempt in range(_RETRIES):
+        item_id = text_arg("id", item_id)
+        for attempt in range(RETRIES):
             current = self._access.visible_item(item_id, op)
             self._access.require_item(current, need, op)
             self._embedder_checked(self.vault.get_cube(current.cube_id))
@@ -536,11 +531,11 @@ class MemOS(GovernanceAPI, FeaturesAPI):
             except ConflictError:
                 if expected_version is not None:
                     raise
-                _backoff(attempt)
+                backoff(attempt)
                 continue
             self._audit(op, items=[stored])
             return self._access.present([stored])[0]
-        raise ConflictError(f"memory {item_id} kept changing; gave up after {_RETRIES} tries")
+        raise ConflictError(f"memory {item_id} kept changing; gave up after {RETRIES} tries")
 
     def _next_version(
         self,
@@ -562,125 +557,6 @@ class MemOS(GovernanceAPI, FeaturesAPI):
                 embedded[item.text] = self.embedder.embed([item.text])[0]
             vector = embedded[item.text]
         return Write(item, op, current.version, vector)
-
-    # --- cube versions ---------------------------------------------------------------
-    def snapshot(self, cube: str, label: str = "") -> Snapshot:
-        found = self.vault.get_cube(_text_arg("cube", cube))
-        self._access.require_cube(found, "write", op="snapshot", name=cube)
-        snap = self.vault.create_snapshot(found.id, label)
-        self._audit("snapshot", cube_id=found.id, detail={"clock": snap.clock})
-        return snap
-
-    def snapshots(self, cube: str) -> list[Snapshot]:
-        found = self.vault.get_cube(_text_arg("cube", cube))
-        self._access.require_cube(found, "read", op="snapshots", name=cube)
-        return self.vault.list_snapshots(found.id)
-
-    def rollback_cube(self, cube: str, snapshot: Snapshot | int) -> list[MemoryItem]:
-        """Return every memory of the cube to its state at the snapshot, as new versions
-        (so this rollback can itself be rolled back). Purged memories stay purged."""
-        found = self.get_cube(cube, need="write")
-        if isinstance(snapshot, Snapshot):
-            if snapshot.cube_id != found.id:
-                raise ValidationError("that snapshot belongs to another cube")
-            clock = snapshot.clock
-        else:
-            clock = _int_arg("snapshot", snapshot, 0, None)
-        embedded: dict[str, np.ndarray] = {}
-        for attempt in range(_RETRIES):
-            writes = []
-            for change in self.vault.changes_since(found.id, clock):
-                if not self._access.can_see(change.current, found):
-                    continue  # others' private memories are not the actor's to restore
-                if change.then is None:
-                    if change.current.state == MemoryState.DELETED:
-                        continue
-                    target = {"state": MemoryState.DELETED}
-                else:
-                    target = _content(change.then)
-                    if target == _content(change.current):
-                        continue  # changed and changed back: nothing to restore
-                writes.append(
-                    self._next_version(change.current, target, "rollback_cube", embedded)
-                )
-            try:
-                stored = self.vault.commit(found.id, writes)
-            except ConflictError:
-                _backoff(attempt)
-                continue
-            self._audit("rollback_cube", cube_id=found.id, items=stored,
-                        detail={"clock": clock})
-            return self._access.present(stored)
-        raise ConflictError(f"cube {found.name} kept changing; gave up after {_RETRIES} tries")
-
-    # --- statistics ------------------------------------------------------------------
-    def stats(self, cube: str | None = None) -> dict[str, Any]:
-        if cube:
-            found = self.vault.get_cube(_text_arg("cube", cube))
-            self._access.require_cube(found, "read", op="stats", name=cube)
-            cubes = [found]
-        else:
-            cubes = self.list_cubes()
-        out: dict[str, Any] = {"cubes": []}
-        restrict = self._access.restrict  # others' private memories are not counted
-        for c in cubes:
-            by_state = {
-                s.value: self.vault.count(restrict(ItemFilter(cube_ids=(c.id,), states=(s,))))
-                for s in MemoryState
-            }
-            by_type = {
-                t.value: n
-                for t in MemoryType
-                if (n := self.vault.count(restrict(ItemFilter(cube_ids=(c.id,),
-                                                              memory_types=(t,)))))
-            }
-            out["cubes"].append({
-                "id": c.id, "name": c.name, "owner": c.owner, "clock": c.clock,
-                "embedder": c.config.embedder_id, "dim": c.config.embedding_dim,
-                "items": sum(by_state.values()), "by_state": by_state, "by_type": by_type,
-            })
-        return out
-
-
-def _backoff(attempt: int) -> None:
-    """Randomised wait so writers that collided do not collide again in lockstep."""
-    time.sleep(random.uniform(0, 0.005 * 2**attempt))
-
-
-def _content(item: MemoryItem) -> dict[str, Any]:
-    """The fields a rollback restores: everything but identity, stats and bookkeeping."""
-    return item.model_dump(
-        include=_UPDATABLE | {"source", "supersedes", "derived_from"}
-    ) | {"state": item.state}
-
-
-def _text_arg(name: str, value: Any, *, allow_empty: bool = False) -> str:
-    if not isinstance(value, str):
-        raise ValidationError(f"{name} must be a string, got {type(value).__name__}")
-    if not allow_empty and not value.strip():
-        raise ValidationError(f"{name} must not be empty")
-    return value
-
-
-def _int_arg(name: str, value: Any, low: int, high: int | None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise ValidationError(f"{name} must be {bound}, got {value}")
-    return value
-
-
-def _seq_arg(name: str, value: Any) -> Sequence[Any]:
-    if isinstance(value, str | bytes) or not isinstance(value, Sequence | tuple | list):
-        raise ValidationError(f"{name} must be a list, got {type(value).__name__}")
-    return value
-
-
-def _dict_arg(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ValidationError(f"a message must be a dict or Message, got {type(value).__name__}")
-    return value
 
 
 __all__ = ["MemOS", "Message", "SearchFilters", "SearchHit"]

@@ -158,10 +158,10 @@ class FeaturesAPI:
 
     def test_extraction_rules(self, cube: str, text: str) -> dict[str, Any]:
         """Dry run: which rule refuses `text`, which categories it gets (nothing written)."""
-        from memosys.system import _text_arg
+        from memosys.arg_checks import text_arg
         from memosys.system_extraction import dry_run
 
-        return dry_run(self, cube, _text_arg("text", text))
+        return dry_run(self, cube, text_arg("text", text))
 
     # --- tool and skill memory (memosys.operation.skills; docs/skills.md) -------------
     @property

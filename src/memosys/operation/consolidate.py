@@ -338,7 +338,7 @@ class Consolidator:
             raise ConflictError(
                 f"run {run.id} cannot be rolled back as one unit: {len(moved)} memories "
                 f"changed since it ran ({', '.join(moved[:5])})")
-        from memosys.system import _content
+        from memosys.system_versions import restorable
 
         writes: list[Write] = []
         embedded: dict[str, np.ndarray] = {}
@@ -349,7 +349,7 @@ class Consolidator:
                 target: dict[str, Any] = {"state": MemoryState.DELETED}
             else:
                 then = {r.item.version: r.item for r in mos.vault.history(cur.id)}
-                target = _content(then[change.before])
+                target = restorable(then[change.before])
             writes.append(mos._next_version(cur, target, "consolidate_rollback", embedded))
         stored = mos.vault.commit(run.cube_id, writes) if writes else []
         for review_id in run.reviews:  # one already decided by someone: that stands

@@ -275,9 +275,9 @@ class SkillMemory:
         use_model: bool = False,
         dry_run: bool = False,
     ) -> DistilReport:
-        from memosys.system import _int_arg
+        from memosys.arg_checks import int_arg
 
-        support = _int_arg("min_support", self.config.min_support if min_support is None
+        support = int_arg("min_support", self.config.min_support if min_support is None
                            else min_support, 2, 1000)
         found = self.mos.get_cube(cube, need="write")
         # One run per cube at a time in this process (the job and an on-demand call), so
@@ -434,18 +434,18 @@ class SkillMemory:
         *,
         threshold: float | None = None,
     ) -> list[SkillMatch]:
-        from memosys.system import _int_arg, _seq_arg, _text_arg
+        from memosys.arg_checks import int_arg, seq_arg, text_arg
 
-        task = _text_arg("task", task)
+        task = text_arg("task", task)
         if len(task) > MAX_TASK_CHARS:
             raise ValidationError(f"task is {len(task)} characters; the limit is "
                                   f"{MAX_TASK_CHARS}")
-        top_k = _int_arg("top_k", self.config.top_k if top_k is None else top_k, 1, 100)
+        top_k = int_arg("top_k", self.config.top_k if top_k is None else top_k, 1, 100)
         limit = self.config.find_threshold if threshold is None else threshold
         if isinstance(limit, bool) or not isinstance(limit, int | float) \
                 or not -1.0 <= limit <= 1.0:
             raise ValidationError("threshold must be a number from -1 to 1")
-        names = [cubes] if isinstance(cubes, str) else list(_seq_arg("cubes", cubes))
+        names = [cubes] if isinstance(cubes, str) else list(seq_arg("cubes", cubes))
         if not names:
             raise ValidationError("name at least one cube")
         ids = tuple(dict.fromkeys(self.mos.get_cube(c).id for c in names))
