@@ -94,8 +94,9 @@ class CubeContext:
     docs: int = 0
     turn_lengths: Counter[int] = field(default_factory=Counter)
     """How many conversation turns have each length (content words)."""
-    aggregates: set[str] = field(default_factory=set)
-    """Active synthesised memories: retrieval ranks them in a lane of their own."""
+    aggregates: frozenset[str] = frozenset()
+    """Active synthesised memories: retrieval ranks them in a lane of their own. Replaced,
+    never changed in place, so a search may read it while a sync updates the context."""
     _seq: int = 0
 
     def neighbours(self, item_id: str) -> tuple[str | None, str | None]:
@@ -165,9 +166,10 @@ class CubeContext:
             w.lower() for w in _NAME.findall(body) if len(w) > 2)
         aggregate = is_synthesised(item)
         if aggregate and item.state == MemoryState.ACTIVE:
-            self.aggregates.add(item.id)
-        else:
-            self.aggregates.discard(item.id)
+            if item.id not in self.aggregates:
+                self.aggregates = self.aggregates | {item.id}
+        elif item.id in self.aggregates:
+            self.aggregates = self.aggregates - {item.id}
         self.turns[item.id] = TurnInfo(session, speaker, event_ts, len(words),
                                        has_time_expression(body), key, item.state, turn, names,
                                        tuple(item.derived_from), aggregate)
