@@ -22,7 +22,6 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +34,11 @@ from memosys.bench.locomo import (
     _progress,
     evaluate,
     ingest,
-    load_locomo,
+    load_selection,
     pipeline_searcher,
 )
 from memosys.bench.search import DEFAULT_LOCOMO
 from memosys.config import Settings
-from memosys.errors import ValidationError
 from memosys.infra.vault.base import ItemFilter
 from memosys.models.embed import Embedder
 from memosys.operation.consolidate_plan import is_synthesised, quoted_sources
@@ -90,12 +88,7 @@ def run_consolidate_bench(
     embedder: Embedder | None = None,
 ) -> dict[str, Any]:
     out = out or Console()
-    data = Path(data)
-    if not data.exists():
-        raise ValidationError(f"no LoCoMo data at {data} (pass --data PATH)")
-    convs = load_locomo(data)[: conversations if conversations else None]
-    if questions is not None:
-        convs = [replace(c, questions=c.questions[:questions]) for c in convs]
+    convs = load_selection(data, conversations, questions)
     # The semantic graph is not used by default retrieval nor by consolidation (topics
     # are): it is off here so ingestion measures what matters.
     with tempfile.TemporaryDirectory(prefix="memosys-consolidate-") as home, MemOS(

@@ -114,6 +114,19 @@ def normalize_evidence(raw: Iterable[str], known: set[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def load_selection(data: Path, conversations: int | None = None,
+                   questions: int | None = None) -> list[Conversation]:
+    """The first `conversations` conversations (all: None or 0), each with its first
+    `questions` questions (all: None), for the benches' quick runs."""
+    data = Path(data)
+    if not data.exists():
+        raise ValidationError(f"no LoCoMo data at {data} (pass --data PATH)")
+    convs = load_locomo(data)[: conversations if conversations else None]
+    if questions is not None:
+        convs = [replace(c, questions=c.questions[:questions]) for c in convs]
+    return convs
+
+
 def load_locomo(path: Path = DEFAULT_LOCOMO) -> list[Conversation]:
     data = json.loads(Path(path).read_text())
     conversations = []
@@ -329,12 +342,7 @@ def run_locomo_bench(
     `topics`: add the topic stage (`memosys.operation.topics`). With either, the pipeline
     without each of them is measured too, on the same ingestion (`LocomoReport.variants`)."""
     out = out or Console()
-    data = Path(data)
-    if not data.exists():
-        raise ValidationError(f"no LoCoMo data at {data} (pass --data PATH)")
-    convs = load_locomo(data)[: conversations if conversations else None]
-    if questions is not None:
-        convs = [replace(c, questions=c.questions[:questions]) for c in convs]
+    convs = load_selection(data, conversations, questions)
     config = config or RetrievalConfig()
     with tempfile.TemporaryDirectory(prefix="memosys-locomo-") as home, MemOS(
         Settings.load(home), embedder=embedder
