@@ -15,8 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from memosys.errors import ActivationError, MemosysError
 from memosys.infra.vault.base import Job
+from memosys.interface.reader import JOB_KIND as EXTRACT_JOB
 from memosys.memories.activation import SourceRef
+from memosys.operation.consolidate import QUEUED_JOB as CONSOLIDATE_JOB
+from memosys.operation.consolidate import queue_due, run_queued
 from memosys.operation.prompt import STABLE_SECTIONS
+from memosys.operation.skills_jobs import DISTIL_JOB as SKILLS_JOB
+from memosys.operation.skills_jobs import run_distil_job
 from memosys.types import MemoryItem, MemoryState
 
 if TYPE_CHECKING:
@@ -28,11 +33,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BUILD_JOB = "activation_build"
-EXTRACT_JOB = "extract"
-SKILLS_JOB = "skills_distil"
-"""memosys.operation.skills: distil skills after new successful trajectories."""
-CONSOLIDATE_JOB = "consolidate"  # memosys.operation.consolidate
 ALL_JOBS = (BUILD_JOB, EXTRACT_JOB, SKILLS_JOB, CONSOLIDATE_JOB)
+"""Every kind of queued job the worker runs; the other kinds are named by their owners."""
 
 
 class BackgroundWork:
@@ -80,8 +82,6 @@ class BackgroundWork:
         `stop` is set; returns the jobs run. The scheduler's own thread runs this, and so
         does `memosys worker` in a process of its own (jobs are leased: several workers
         never run one job twice)."""
-        from memosys.operation.consolidate import queue_due
-
         wake = wake or threading.Event()
         done = 0
         while not stop.is_set():
@@ -118,12 +118,8 @@ class BackgroundWork:
         if job.kind == EXTRACT_JOB:
             self.mos.reader.run_job(job)
         elif job.kind == SKILLS_JOB:
-            from memosys.operation.skills_jobs import run_distil_job
-
             run_distil_job(self.mos, job)
         elif job.kind == CONSOLIDATE_JOB:
-            from memosys.operation.consolidate import run_queued
-
             run_queued(self.mos, job)
         else:
             self._run_build(job)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DISTIL_JOB = "skills_distil"
-"""Same value as memosys.operation.scheduler.SKILLS_JOB, which dispatches it here."""
+"""The MemScheduler's worker (memosys.operation.scheduler_worker) dispatches it here."""
 
 _LOCK = threading.Lock()
 _QUEUED: weakref.WeakKeyDictionary[Vault, dict[str, str]] = weakref.WeakKeyDictionary()
