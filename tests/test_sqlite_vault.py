@@ -41,7 +41,8 @@ def test_purged_text_is_gone_from_the_database_files(tmp_path: Path) -> None:
     # the file is still a healthy database with its FTS index intact
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    conn.execute("INSERT INTO items_fts(items_fts) VALUES ('integrity-check')")
+    (n,) = conn.execute("SELECT n FROM fts_tables WHERE cube_id = ?", (cube.id,)).fetchone()
+    conn.execute(f"INSERT INTO fts_{n}(fts_{n}) VALUES ('integrity-check')")
     conn.close()
     reopened = SQLiteVault(db)
     assert len(reopened.search_text("ordinary", ItemFilter(cube_ids=(cube.id,)), 100)) == 50
@@ -54,7 +55,7 @@ def test_wal_mode_and_schema_version(tmp_path: Path) -> None:
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
-        "1",)
+        "2",)
     conn.close()
 
 
@@ -70,3 +71,41 @@ def test_ann_index_used_past_threshold_stays_correct(tmp_path: Path) -> None:
     vault.purge([items[123].id])
     assert vault.search_vector(vecs[123], flt, 1)[0][0] != items[123].id
     vault.close()
+
+
+def test_a_version_1_file_gets_an_index_per_cube_and_searches_as_before(tmp_path: Path) -> None:
+    """Schema 1 kept one FTS5 table for every cube; opening such a file moves each cube's
+    rows into its own index, once, and every search still finds what it found."""
+    db = tmp_path / "vault.db"
+    vault = SQLiteVault(db)
+    cubes = [vault.create_cube(make_cube(name)) for name in ("a", "b")]
+    for n, cube in enumerate(cubes):
+        vault.commit(cube.id, [Write(make_item(cube, f"{word} note from cube {cube.name}"),
+                                     "add", None, v)
+                               for word, v in zip(("apple", "pear", "plum"),
+                                                  unit_vectors(3, seed=n), strict=True)])
+    vault.close()
+    # rewrite the file into schema 1's layout
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("CREATE VIRTUAL TABLE items_fts USING fts5(text, tags, "
+                 "tokenize = 'porter unicode61 remove_diacritics 2')")
+    for (n,) in conn.execute("SELECT n FROM fts_tables").fetchall():
+        conn.execute(f"INSERT INTO items_fts (rowid, text, tags) SELECT rowid, text, tags "
+                     f"FROM fts_{n}")
+        conn.execute(f"DROP TABLE fts_{n}")
+    conn.execute("DROP TABLE fts_tables")
+    conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    conn.close()
+
+    reopened = SQLiteVault(db)
+    for cube in cubes:
+        hits = reopened.search_text("pear cube", ItemFilter(cube_ids=(cube.id,)), 10)
+        texts = [reopened.get_many([i])[i].text for i, _ in hits]
+        assert texts[0] == f"pear note from cube {cube.name}" and len(texts) == 3
+    reopened.close()
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+        "2",)
+    assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'items_fts'").fetchone() is None
+    assert conn.execute("SELECT count(*) FROM fts_tables").fetchone() == (2,)
+    conn.close()

@@ -140,6 +140,24 @@ def test_text_search_ranks_and_filters(vault: Vault) -> None:
     assert vault.search_text("cat", ItemFilter(cube_ids=("other",)), 5) == []
 
 
+def test_text_scores_use_the_searched_cube_statistics_only(vault: Vault) -> None:
+    """BM25's idf and average length come from the searched cube: another cube's words,
+    however many, change neither the scores nor the order of this cube's results."""
+    mine = vault.create_cube(make_cube("mine"))
+    _add(vault, mine, ["the garden has roses", "roses and tulips in the garden",
+                       "a long walk along the river to see the garden"])
+    flt = ItemFilter(cube_ids=(mine.id,))
+    before = vault.search_text("garden roses", flt, 10)
+    other = vault.create_cube(make_cube("other"))
+    _add(vault, other, [f"garden note {i} about a rose garden, garden and garden"
+                        for i in range(40)], seed=3)
+    after = vault.search_text("garden roses", flt, 10)
+    assert [i for i, _ in after] == [i for i, _ in before]
+    assert [s for _, s in after] == pytest.approx([s for _, s in before], rel=1e-9)
+    both = vault.search_text("garden roses", ItemFilter(cube_ids=(mine.id, other.id)), 50)
+    assert {i for i, _ in before} <= {i for i, _ in both} and len(both) == 43
+
+
 def test_vector_search_exact_and_filtered(vault: Vault) -> None:
     cube = vault.create_cube(make_cube())
     items = _add(vault, cube, [f"item {i}" for i in range(30)], seed=3)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from memosys.errors import ConflictError, StorageError, ValidationError
+from memosys.infra.vault import sqlite_fts as fts
 from memosys.types import MemoryItem
 
 TABLES = ("cubes", "items", "item_versions", "vectors", "item_stats", "snapshots", "jobs")
@@ -140,7 +141,7 @@ class _Side:
 
 
 class SQLiteSide(_Side):
-    """The embedded file, read and written with its own schema (version 1)."""
+    """The embedded file, read and written with its own schema (its SCHEMA_VERSION)."""
 
     def __init__(self, path: Path) -> None:
         from memosys.infra.vault.sqlite import SCHEMA_VERSION, SQLiteVault
@@ -165,7 +166,8 @@ class SQLiteSide(_Side):
         return not any(self.conn.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone() for t in tables)
 
     def _wipe(self, conn: sqlite3.Connection) -> None:
-        for table in ("items_fts", "item_tags", "vectors", "vec_log", "item_versions",
+        fts.empty(conn)
+        for table in ("item_tags", "vectors", "vec_log", "item_versions",
                       "items", "snapshots", "cubes"):
             conn.execute(f"DELETE FROM {table}")
         if self._has_jobs():
@@ -222,8 +224,7 @@ class SQLiteSide(_Side):
                 rowid = cur.lastrowid
                 conn.executemany("INSERT INTO item_tags (item_rowid, tag) VALUES (?, ?)",
                                  [(rowid, tag) for tag in item.tags])
-                conn.execute("INSERT INTO items_fts (rowid, text, tags) VALUES (?, ?, ?)",
-                             (rowid, item.text, " ".join(item.tags)))
+                fts.index(conn, cube_id, int(rowid or 0), item.text, item.tags)
         elif table == "item_versions":
             conn.executemany(
                 "INSERT INTO item_versions (item_id, version, cube_id, clock, op, at, doc) "

@@ -1,4 +1,5 @@
-"""Embedded MemVault on one SQLite file: WAL, FTS5 (BM25), version history, float32 vectors.
+"""Embedded MemVault on one SQLite file: WAL, FTS5 (BM25, an index per cube), version
+history, float32 vectors.
 
 Several threads and several processes may share one file. Writes take the database write
 lock up front (BEGIN IMMEDIATE) so version checks and the cube clock are race-free.
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from memosys.errors import ConflictError, NotFoundError, StorageError, ValidationError
+from memosys.infra.vault import sqlite_fts as fts
 from memosys.infra.vault.base import (
     Change,
     Snapshot,
@@ -31,6 +33,7 @@ from memosys.infra.vault.graph_sql import SQLGraph
 from memosys.infra.vault.graph_writes import on_commit, on_purge
 from memosys.infra.vault.sqlite_events import DIALECT as EVENTS
 from memosys.infra.vault.sqlite_events import EVENTS_SCHEMA
+from memosys.infra.vault.sqlite_fts import FTS_SCHEMA
 from memosys.infra.vault.sqlite_graph import GRAPH_SCHEMA, SQLiteGraphDB
 from memosys.infra.vault.sqlite_import import SQLiteImportMixin
 from memosys.infra.vault.sqlite_jobs import SQLiteJobsMixin
@@ -40,7 +43,8 @@ from memosys.infra.vault.sqlite_topics import TOPIC_SCHEMA
 from memosys.infra.vault.topic_sql import SQLTopics, on_commit_topics, on_purge_topics
 from memosys.types import CubeConfig, MemCube, MemoryItem, Stats
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: one full-text index per cube (sqlite_fts.py); 1 had one for the whole file."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -122,9 +126,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_claim ON jobs(state, kind, created_at);
-CREATE VIRTUAL TABLE IF NOT EXISTS items_fts USING fts5(
-    text, tags, tokenize = 'porter unicode61 remove_diacritics 2'
-);
 """
 
 
@@ -149,6 +150,7 @@ class SQLiteVault(SQLiteSearchMixin, SQLiteJobsMixin, SQLiteImportMixin, SQLGrap
         self._conn().executescript(GRAPH_SCHEMA)
         self._conn().executescript(TOPIC_SCHEMA)
         self._conn().executescript(EVENTS_SCHEMA)  # change events (infra/events.py)
+        self._conn().executescript(FTS_SCHEMA)
         with self._write() as conn:
             found = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if found is None:
@@ -160,6 +162,11 @@ class SQLiteVault(SQLiteSearchMixin, SQLiteJobsMixin, SQLiteImportMixin, SQLGrap
                     f"{self.path} has schema version {found[0]}; this memosys knows "
                     f"{SCHEMA_VERSION}. Upgrade memosys."
                 )
+            elif int(found[0]) < SCHEMA_VERSION:
+                if fts.has_legacy_index(conn):
+                    fts.split_legacy_index(conn)
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                             (str(SCHEMA_VERSION),))
 
     # --- connections -----------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -223,6 +230,7 @@ class SQLiteVault(SQLiteSearchMixin, SQLiteJobsMixin, SQLiteImportMixin, SQLGrap
                 )
             except sqlite3.IntegrityError:
                 raise ConflictError(f"a cube named {cube.name!r} already exists") from None
+            fts.table_for(conn, cube.id)
         return cube
 
     def get_cube(self, id_or_name: str) -> MemCube:
@@ -344,6 +352,9 @@ class SQLiteVault(SQLiteSearchMixin, SQLiteJobsMixin, SQLiteImportMixin, SQLGrap
             )
             rowid = int(cur.lastrowid or 0)
         else:
+            (was_in,) = conn.execute("SELECT cube_id FROM items WHERE rowid = ?",
+                                     (rowid,)).fetchone()
+            fts.unindex(conn, was_in, rowid)
             conn.execute(
                 "UPDATE items SET id=?, cube_id=?, memory_type=?, state=?, user_id=?, "
                 "agent_id=?, session_id=?, owner=?, event_time=?, valid_from=?, valid_to=?, "
@@ -351,15 +362,11 @@ class SQLiteVault(SQLiteSearchMixin, SQLiteJobsMixin, SQLiteImportMixin, SQLGrap
                 (*values, rowid),
             )
             conn.execute("DELETE FROM item_tags WHERE item_rowid = ?", (rowid,))
-            conn.execute("DELETE FROM items_fts WHERE rowid = ?", (rowid,))
         conn.executemany(
             "INSERT INTO item_tags (item_rowid, tag) VALUES (?, ?)",
             [(rowid, tag) for tag in item.tags],
         )
-        conn.execute(
-            "INSERT INTO items_fts (rowid, text, tags) VALUES (?, ?, ?)",
-            (rowid, item.text, " ".join(item.tags)),
-        )
+        fts.index(conn, cube_id, rowid, item.text, item.tags)
         return rowid
 
     def _store_vector(
@@ -457,6 +464,7 @@ class SQLiteVault(SQLiteSearchMixin, SQLiteJobsMixin, SQLiteImportMixin, SQLGrap
 
     def purge(self, ids: Sequence[str]) -> int:
         erased = 0
+        touched: set[str] = set()
         with self._write() as conn:
             for chunk in chunks(list(dict.fromkeys(ids)), 500):
                 marks = ",".join("?" * len(chunk))
@@ -465,7 +473,8 @@ class SQLiteVault(SQLiteSearchMixin, SQLiteJobsMixin, SQLiteImportMixin, SQLGrap
                 ).fetchall()
                 record_purge(conn, EVENTS, [r[1] for r in rows])  # before the rows go
                 for rowid, item_id, cube_id in rows:
-                    conn.execute("DELETE FROM items_fts WHERE rowid = ?", (rowid,))
+                    fts.unindex(conn, cube_id, rowid)
+                    touched.add(cube_id)
                     conn.execute("DELETE FROM vectors WHERE item_rowid = ?", (rowid,))
                     conn.execute("DELETE FROM item_tags WHERE item_rowid = ?", (rowid,))
                     conn.execute("DELETE FROM item_versions WHERE item_id = ?", (item_id,))
@@ -478,9 +487,7 @@ class SQLiteVault(SQLiteSearchMixin, SQLiteJobsMixin, SQLiteImportMixin, SQLGrap
             on_purge(SQLiteGraphDB(conn), [i for i in dict.fromkeys(ids)])
             on_purge_topics(SQLiteGraphDB(conn), [i for i in dict.fromkeys(ids)],
                             self.topic_policy)
-            if erased:
-                # FTS5 keeps deleted terms in old segments until they are merged.
-                conn.execute("INSERT INTO items_fts (items_fts) VALUES ('optimize')")
+            fts.optimize(conn, sorted(touched))
         if erased:
             conn = self._conn()
             # Old page images in the WAL would still hold the text.

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from memosys.errors import ConflictError, NotFoundError
+from memosys.infra.vault import sqlite_fts as fts
 from memosys.infra.vault.base import ImportedItem
 from memosys.infra.vault.events_sql import record_import, record_wipe
 from memosys.infra.vault.import_batch import check_batch, clock_map
@@ -42,6 +43,7 @@ class SQLiteImportMixin:
                     raise ConflictError(
                         f"a cube named {new_cube.name!r} (or with id {new_cube.id}) "
                         "already exists") from None
+                fts.table_for(conn, new_cube.id)
             row = conn.execute("SELECT clock, doc FROM cubes WHERE id = ?", (cube_id,)).fetchone()
             if row is None:
                 raise NotFoundError(f"no cube {cube_id!r}")
@@ -123,8 +125,7 @@ def _wipe_cube(conn: sqlite3.Connection, cube_id: str) -> None:
     """Erase every item of the cube (as `purge` does), inside the caller's transaction."""
     rowids = [r for (r,) in conn.execute("SELECT rowid FROM items WHERE cube_id = ?",
                                          (cube_id,))]
-    conn.execute("DELETE FROM items_fts WHERE rowid IN (SELECT rowid FROM items "
-                 "WHERE cube_id = ?)", (cube_id,))
+    fts.empty(conn, [cube_id])
     conn.execute("DELETE FROM vectors WHERE cube_id = ?", (cube_id,))
     conn.execute("DELETE FROM item_tags WHERE item_rowid IN (SELECT rowid FROM items "
                  "WHERE cube_id = ?)", (cube_id,))

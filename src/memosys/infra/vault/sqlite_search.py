@@ -1,5 +1,6 @@
-"""Queries on SQLite (a mixin of `SQLiteVault`): filters as SQL, listing, BM25 over FTS5,
-and vector search over each process's in-memory index, caught up from `vec_log`."""
+"""Queries on SQLite (a mixin of `SQLiteVault`): filters as SQL, listing, BM25 over each
+cube's FTS5 index, and vector search over each process's in-memory index, caught up from
+`vec_log`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from memosys.errors import ValidationError
+from memosys.infra.vault import sqlite_fts as fts
 from memosys.infra.vault.base import ItemFilter
 from memosys.infra.vault.fts_query import fts_match_expression
 from memosys.infra.vault.sqlite_rows import chunks
@@ -109,28 +111,39 @@ class SQLiteSearchMixin:
     def search_text(
         self: SQLiteVault, query: str, flt: ItemFilter, limit: int
     ) -> list[tuple[str, float]]:
+        """BM25 within each searched cube's own index (sqlite_fts.py), merged by score."""
         match = fts_match_expression(query)
         if match is None:
             return []
-        where, params = self._where(flt)
         conn = self._conn()
+        hits: list[tuple[str, float]] = []
+        for cube_id, table in fts.tables_of(conn, flt.cube_ids):
+            hits.extend(self._cube_text_hits(conn, table, match, _with_cube(flt, cube_id),
+                                             limit))
+        hits.sort(key=lambda h: -h[1])
+        return hits[:limit]
+
+    def _cube_text_hits(
+        self, conn: sqlite3.Connection, table: str, match: str, flt: ItemFilter, limit: int
+    ) -> list[tuple[str, float]]:
+        where, params = self._where(flt)
         # Most searches filter little: rank in FTS5 alone, over-fetch, then check the filter
         # by rowid. Only a selective filter pays for the full filtered query.
         wanted = max(limit * 4, 50)
         rows = conn.execute(
-            "SELECT i.id, c.score FROM (SELECT rowid, rank AS score FROM items_fts "
-            "WHERE items_fts MATCH ? ORDER BY rank LIMIT ?) c "
+            f"SELECT i.id, c.score FROM (SELECT rowid, rank AS score FROM {table} "
+            f"WHERE {table} MATCH ? ORDER BY rank LIMIT ?) c "
             f"JOIN items i NOT INDEXED ON i.rowid = c.rowid WHERE {where} ORDER BY c.score",
             (match, wanted, *params),
         ).fetchall()
         if len(rows) < limit and conn.execute(
-            "SELECT count(*) FROM (SELECT 1 FROM items_fts WHERE items_fts MATCH ? LIMIT ?)",
+            f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {table} MATCH ? LIMIT ?)",
             (match, wanted + 1),
         ).fetchone()[0] > wanted:
             rows = conn.execute(
-                "SELECT i.id, bm25(items_fts) AS score FROM items_fts "
-                "JOIN items i ON i.rowid = items_fts.rowid "
-                f"WHERE items_fts MATCH ? AND {where} ORDER BY score LIMIT ?",
+                f"SELECT i.id, bm25({table}) AS score FROM {table} "
+                f"JOIN items i ON i.rowid = {table}.rowid "
+                f"WHERE {table} MATCH ? AND {where} ORDER BY score LIMIT ?",
                 (match, *params, limit),
             ).fetchall()
         # bm25() is lower-is-better; negate so every search reports higher-is-better.
