@@ -132,24 +132,61 @@ def test_one_users_adapter_never_reaches_another(
     assert "".join(parts["bob"]) == base
 
 
-def test_routing_attaches_an_adapter_only_to_related_questions(
+def test_the_gate_lets_an_adapter_into_related_requests_only(
     served: MemOS, trained: tuple[Path, str, str], llm: LocalLLM
 ) -> None:
-    _, adapter_id, base = trained
+    _, adapter_id, _ = trained
     pm = served.parametric
     record = pm.get(adapter_id)
     related = "Tell me Quorvin Tallisander's hometown."  # the held-out phrasing
     unrelated = "What is the capital of France?"
-    assert pm.routes(record, related)
-    assert not pm.routes(record, unrelated)
-    assert pm.selection("alice", user="alice", query=unrelated) == AdapterSelection()
-    assert pm.selection("alice", user="alice", query=related).names == (record.bank_name,)
+    assert record.header["gate"]["layer"] == min(record.header["lora"]["layers"])
+    assert pm.opens(record, related)
+    assert not pm.opens(record, unrelated)
+    # attached to every request, the adapter sits out the unrelated one: the base answer
     msg = [{"role": "user", "content": unrelated}]
-    assert pm.chat(msg, cube_ids="alice", user="alice", routed=True,
-                   max_new_tokens=20).text == llm.chat(msg, max_new_tokens=20).text
-    answer = pm.chat([{"role": "user", "content": QUESTION}], cube_ids="alice", user="alice",
-                     routed=True, max_new_tokens=20).text
+    base = llm.chat(msg, max_new_tokens=20).text
+    assert pm.chat(msg, cube_ids="alice", user="alice", max_new_tokens=20).text == base
+    with served.parametric.bank.using(pm.selection("alice", user="alice")):
+        assert llm.chat(msg, max_new_tokens=20).text == base
+    # the gate reads the last user turn, whatever came before it
+    convo = [{"role": "user", "content": unrelated}, {"role": "assistant", "content": base},
+             {"role": "user", "content": related}]
+    answer = pm.chat(convo, cube_ids="alice", user="alice", max_new_tokens=20).text
     assert "velbrook" in answer.lower()
+    # the gate travels in the adapter file: unloaded and loaded again, it still decides
+    pm.bank.remove(record.bank_name)
+    assert not pm.opens(record, unrelated) and pm.opens(record, related)
+
+
+def test_the_scheduler_keeps_a_memory_in_the_prompt_when_its_adapter_gate_is_closed(
+    served: MemOS, trained: tuple[Path, str, str], llm: LocalLLM
+) -> None:
+    from memosys.memories.parametric_schedule import parametric_forms
+
+    _, adapter_id, _ = trained
+    record = served.parametric.get(adapter_id)
+    fact = served.get(record.sources[0]["id"])
+    cube = served.get_cube("alice").id
+    unrelated = parametric_forms(served, [cube], llm, "What is the capital of France?")
+    assert unrelated is not None and unrelated.take(fact) is None  # stays plaintext
+    assert unrelated.selection() is None
+    related = parametric_forms(served, [cube], llm, QUESTION)
+    assert related is not None and related.take(fact)
+    chosen = related.selection()
+    assert chosen is not None and chosen.names == (record.bank_name,) and not chosen.gated
+
+
+def test_a_damaged_gate_is_refused() -> None:
+    import torch
+
+    from memosys.errors import LLMError
+    from memosys.models.adapter_gate import AdapterGate
+
+    assert AdapterGate.from_file(None, {}) is None  # adapters stored before gates existed
+    with pytest.raises(LLMError, match="gate"):
+        AdapterGate.from_file({"layer": 22, "threshold": 0.5, "own": 0.6, "general": 0.4},
+                              {"memosys_gate.keys": torch.zeros(3, 8)})
 
 
 def test_chat_answers_distilled_memories_from_the_weights(
@@ -233,7 +270,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(pmos: MemOS, llm: Loca
 def test_frozen_prefix_training_computes_the_full_models_loss(llm: LocalLLM) -> None:
     import torch
 
-    from memosys.memories.parametric_train import _frozen_states
+    from memosys.models.layer_states import states_entering
 
     bank = bank_for(llm)
     tok = llm.tokenizer
@@ -249,7 +286,7 @@ def test_frozen_prefix_training_computes_the_full_models_loss(llm: LocalLLM) -> 
                 p.add_(torch.randn_like(p) * 0.01)  # B starts at 0: make the adapter count
         selection = AdapterSelection.of({"equiv": 1.0})
         full = _loss(bank, selection, batch, int(tok.pad_token_id))
-        fast = _loss_from(bank, selection, _frozen_states(bank, batch, 22), batch, 22)
+        fast = _loss_from(bank, selection, states_entering(bank, batch, 22), batch, 22)
         assert abs(float(full.detach()) - float(fast.detach())) < 1e-4
     finally:
         bank.remove("equiv")
@@ -292,7 +329,8 @@ def test_cli_lists_and_shows_adapters(trained: tuple[Path, str, str], home: Path
 def test_replay_kl_is_zero_for_the_base_function_and_positive_otherwise(llm: LocalLLM) -> None:
     import torch
 
-    from memosys.memories.parametric_train import _frozen_states, _Replay
+    from memosys.memories.parametric_train import _Replay
+    from memosys.models.layer_states import states_entering
 
     bank = bank_for(llm)
     tok = llm.tokenizer
@@ -305,7 +343,7 @@ def test_replay_kl_is_zero_for_the_base_function_and_positive_otherwise(llm: Loc
     params = bank.create("kl", TINY.spec(30), trainable=True)
     try:
         selection = AdapterSelection.of({"kl": 1.0})
-        states = _frozen_states(bank, batch, 22)
+        states = states_entering(bank, batch, 22)
         # LoRA B starts at 0: the adapter is the base model, so the KL on replay is 0.
         zero = _loss_from(bank, selection, states[:1], batch[:1], 22, replay).detach()
         assert float(zero) < 1e-6

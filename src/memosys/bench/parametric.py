@@ -10,12 +10,11 @@ prompts: an answer agrees with the base model's when their first sentences (gene
 there) are the same after normalisation, or when both contain the question's reference
 answer.
 
-Both ways of serving are measured. ``unrelated_agreement`` is the *always-on* adapter (every
-request gets it: the honest forgetting number). ``unrelated_agreement_routed`` and
-``recall_after_routed`` serve with query-relevance routing
-(:mod:`memosys.memories.parametric_routing`): a request gets the adapter only when its
-question is close to the adapter's memories, with a threshold calibrated on the replay
-prompts, never on these questions.
+The adapter is attached to every request, as served: ``recall_after`` and
+``unrelated_agreement`` include its gate (:mod:`memosys.models.adapter_gate`, calibrated on
+the adapter's own training questions and the replay prompts, never on these questions).
+``recall_after_ungated`` and ``unrelated_agreement_ungated`` measure the LoRA weights alone,
+gate switched off: how much the weights themselves forget.
 """
 
 from __future__ import annotations
@@ -135,25 +134,24 @@ def run_parametric_bench(
                                    decoys=decoys, progress=bar)
             adapted = [pm.chat([m], cube_ids="facts", max_new_tokens=24, stop=FIRST_SENTENCE).text
                        for m in ask]
-            routed = [pm.chat([m], cube_ids="facts", max_new_tokens=24, stop=FIRST_SENTENCE,
-                              routed=True).text for m in ask]
+            ungated = [pm.chat([m], cube_ids="facts", max_new_tokens=24, stop=FIRST_SENTENCE,
+                               gated=False).text for m in ask]
             fresh = pm.get(record.id)
-            scored = [pm.route_score(fresh, q) for q, _ in UNRELATED_QUESTIONS]
-            route_scores = [round(score, 3) for score, _ in scored]
-            threshold = scored[0][1]
-            routed_hits = []
+            gate_scores = [round((pm.gate_score(fresh, q) or (1.0, 0.0))[0], 3)
+                           for q, _ in UNRELATED_QUESTIONS]
+            ungated_hits = []
             for probe in record.header["eval"]["probes"]:
                 answer = pm.chat([{"role": "user", "content": probe["question"]}],
                                  cube_ids="facts", max_new_tokens=24, stop=FIRST_SENTENCE,
-                                 routed=True).text
-                routed_hits.append(contains(answer, probe["expected"]))
+                                 gated=False).text
+                ungated_hits.append(contains(answer, probe["expected"]))
             size = record.path.stat().st_size
     ev = record.header["eval"]
     training = record.header["training"]
     agree = [agrees(b, a, ref) for b, a, (_, ref) in zip(base, adapted, UNRELATED_QUESTIONS,
                                                           strict=True)]
-    agree_routed = [agrees(b, a, ref) for b, a, (_, ref) in zip(base, routed,
-                                                                 UNRELATED_QUESTIONS, strict=True)]
+    agree_ungated = [agrees(b, a, ref) for b, a, (_, ref) in zip(base, ungated,
+                                                                  UNRELATED_QUESTIONS, strict=True)]
     acc_before = sum(_norm(r) in _norm(b) for b, (_, r) in zip(base, UNRELATED_QUESTIONS,
                                                                strict=True))
     acc_after = sum(_norm(r) in _norm(a) for a, (_, r) in zip(adapted, UNRELATED_QUESTIONS,
@@ -163,9 +161,9 @@ def run_parametric_bench(
         "recall_before": ev["recall_before"],
         "recall_after": ev["recall_after"],
         "unrelated_agreement": round(sum(agree) / len(agree), 4),
-        "recall_after_routed": round(sum(routed_hits) / max(1, len(routed_hits)), 4),
-        "unrelated_agreement_routed": round(sum(agree_routed) / len(agree_routed), 4),
-        "route_threshold": round(threshold, 3),
+        "recall_after_ungated": round(sum(ungated_hits) / max(1, len(ungated_hits)), 4),
+        "unrelated_agreement_ungated": round(sum(agree_ungated) / len(agree_ungated), 4),
+        "gate": record.header["gate"],
         "unrelated_accuracy_before": round(acc_before / len(agree), 4),
         "unrelated_accuracy_after": round(acc_after / len(agree), 4),
         "train_s": training["train_s"],
@@ -180,9 +178,9 @@ def run_parametric_bench(
         "probes": ev["probes"],
         "unrelated": [
             {"question": q, "reference": r, "base": b, "adapted": a, "agrees": g,
-             "routed": ra, "route_score": sc}
-            for (q, r), b, a, g, ra, sc in zip(UNRELATED_QUESTIONS, base, adapted, agree, routed,
-                                               route_scores, strict=True)
+             "ungated": ua, "gate_score": sc}
+            for (q, r), b, a, g, ua, sc in zip(UNRELATED_QUESTIONS, base, adapted, agree, ungated,
+                                               gate_scores, strict=True)
         ],
     }
     table = Table(title=f"parametric memory: {n_facts} invented facts, one LoRA adapter")
@@ -191,9 +189,9 @@ def run_parametric_bench(
     for key, label in (
         ("recall_before", "closed-book recall before"),
         ("recall_after", "closed-book recall after"),
-        ("unrelated_agreement", "unrelated questions: agreement with base (always on)"),
-        ("recall_after_routed", "closed-book recall after, routed"),
-        ("unrelated_agreement_routed", "unrelated questions: agreement with base, routed"),
+        ("unrelated_agreement", "unrelated questions: agreement with base"),
+        ("recall_after_ungated", "closed-book recall after, weights alone (no gate)"),
+        ("unrelated_agreement_ungated", "unrelated questions: agreement, weights alone"),
         ("unrelated_accuracy_before", "unrelated accuracy before"),
         ("unrelated_accuracy_after", "unrelated accuracy after"),
         ("train_s", "training time (s)"),

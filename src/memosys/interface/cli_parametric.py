@@ -152,15 +152,16 @@ def ask(
     scale: Annotated[float, typer.Option(help="Adapter scale (0 = base model).")] = 1.0,
     user: Annotated[str | None, typer.Option(help="Asking user (owner checks).")] = None,
     max_tokens: Annotated[int, typer.Option(help="Answer length limit.")] = 64,
-    routed: Annotated[bool, typer.Option("--routed/--always",
-                      help="Attach only adapters the question is close to.")] = False,
+    gated: Annotated[bool, typer.Option("--gate/--no-gate",
+                     help="Let each adapter's gate decide (--no-gate: always attach; "
+                          "measures the weights alone).")] = True,
     home: HomeOpt = None,
 ) -> None:
     """Ask the model closed-book (nothing in the prompt) with the cube's adapters."""
     with runtime(home) as mos:
         result = mos.parametric.chat([{"role": "user", "content": question}], cube_ids=cube,
                                      user=user, scale=scale, max_new_tokens=max_tokens,
-                                     routed=routed)
+                                     gated=gated)
     out.print(result.text)
 
 

@@ -69,8 +69,9 @@ from memosys.memories.parametric_records import (
     state_write,
     write_atomic,
 )
-from memosys.memories.parametric_routing import AdapterRouter
 from memosys.memories.parametric_train import TrainConfig, TrainResult, train_adapter
+from memosys.models.adapter_gate import TENSOR_PREFIX as GATE_TENSORS
+from memosys.models.adapter_gate import AdapterGate, build_gate
 from memosys.models.adapters import AdapterBank, AdapterSelection, LoraSpec, bank_for
 from memosys.models.llm import ChatResult, Message
 from memosys.types import MemoryItem, MemoryKind, MemoryState, MemoryType, new_id, utcnow
@@ -104,7 +105,6 @@ class ParametricMemory:
         self._llm = llm
         self.root = Path(mos.settings.home) / "adapters"
         self._lock = threading.RLock()
-        self._router: AdapterRouter | None = None
 
     # ------------------------------------------------------------------ model
 
@@ -357,6 +357,11 @@ class ParametricMemory:
     ) -> AdapterRecord:
         from safetensors.torch import save
 
+        spec = self.bank.spec(bank_name(adapter_id))
+        gate = build_gate(self.bank, min(spec.layers) if spec.layers else 0,
+                          [e.question for e in examples if e.kind not in ("replay", "decoy")],
+                          list(REPLAY_PROMPTS))
+        self.bank.set_gate(bank_name(adapter_id), gate)
         probes_after = self._probe(sources, bank_name(adapter_id)) if evaluate else []
         versions = {s.id: s.version + (1 if move else 0) for s in sources}
         header = {
@@ -365,7 +370,8 @@ class ParametricMemory:
             "name": name or f"adapter-{adapter_id[-8:]}",
             "cube_id": cube_id,
             "base_model": {"id": self.llm.id, "fingerprint": fingerprint},
-            "lora": self.bank.spec(bank_name(adapter_id)).to_json(),
+            "lora": spec.to_json(),
+            "gate": gate.header(),
             "sources": [
                 {"id": s.id, "version": versions[s.id], "text_sha256": sha256_text(s.text)}
                 for s in sources
@@ -386,7 +392,8 @@ class ParametricMemory:
             "created_at": utcnow().isoformat(timespec="seconds"),
         }
         path = self.root / cube_id / f"{adapter_id}.safetensors"
-        blob = save(trained.tensors, metadata={HEADER_KEY: json.dumps(header)})
+        blob = save({**trained.tensors, **gate.tensors()},
+                    metadata={HEADER_KEY: json.dumps(header)})
         write_atomic(path, blob)
         text = (f"LoRA adapter {header['name']!r} holding {len(sources)} distilled memories "
                 f"({method}, {trained.steps} steps)")
@@ -513,13 +520,13 @@ class ParametricMemory:
         *,
         user: str | None = None,
         scale: float = 1.0,
-        query: str | None = None,
+        gated: bool = True,
     ) -> AdapterSelection:
         """The ready adapters of these cubes (loaded now) that ``user`` may use, at ``scale``.
 
-        A cube owned by someone other than ``user`` contributes nothing. With ``query``
-        (routing) only adapters whose memories the query is close to are chosen
-        (:meth:`routes`)."""
+        A cube owned by someone other than ``user`` contributes nothing. Each adapter's gate
+        then decides, per request, whether it takes part (``gated=False``: it always does;
+        for measuring an adapter's weights alone)."""
         if isinstance(cube_ids, str):
             cube_ids = [cube_ids]
         chosen: dict[str, float] = {}
@@ -532,36 +539,28 @@ class ParametricMemory:
                     continue
                 if user is not None and record.item.owner not in (None, user):
                     continue
-                if query is not None and not self.routes(record, query):
-                    continue
                 self._ensure_loaded(record)
                 chosen[record.bank_name] = scale
-        return AdapterSelection.of(chosen)
+        return AdapterSelection.of(chosen, gated=gated)
 
-    def route_score(self, record: AdapterRecord, query: str) -> tuple[float, float]:
-        """(similarity of ``query`` to the adapter's memories and training questions, the
-        adapter's routing threshold); see :mod:`.parametric_routing`."""
-        if self._router is None:
-            with self._lock:
-                if self._router is None:
-                    self._router = AdapterRouter(self.mos.embedder)
-        found = self.mos.vault.get_many([s["id"] for s in record.sources])
-        keys = self._router.keys_for(record, [found[s["id"]] for s in record.sources
-                                              if s["id"] in found])
-        return keys.score(self._router.embed_query(query)), keys.threshold
+    def gate_score(self, record: AdapterRecord, question: str) -> tuple[float, float] | None:
+        """(score, threshold) of the adapter's gate for ``question``; None: no gate (an
+        adapter stored before gates existed)."""
+        self._ensure_loaded(record)
+        return self.bank.gate_scores([record.bank_name], question).get(record.bank_name)
 
-    def routes(self, record: AdapterRecord, query: str) -> bool:
-        """Whether a request asking ``query`` is close enough to get this adapter."""
-        score, threshold = self.route_score(record, query)
-        return score >= threshold
+    def opens(self, record: AdapterRecord, question: str) -> bool:
+        """Whether the adapter takes part in a request asking ``question``."""
+        scored = self.gate_score(record, question)
+        return scored is None or scored[0] >= scored[1]
 
     def load_selection(
-        self, records: Sequence[AdapterRecord], scale: float = 1.0
+        self, records: Sequence[AdapterRecord], scale: float = 1.0, *, gated: bool = True
     ) -> AdapterSelection:
         """These (ready) adapters, loaded now, as one request's selection."""
         for record in records:
             self._ensure_loaded(record)
-        return AdapterSelection.of({r.bank_name: scale for r in records})
+        return AdapterSelection.of({r.bank_name: scale for r in records}, gated=gated)
 
     def _ensure_loaded(self, record: AdapterRecord) -> None:
         from safetensors import safe_open
@@ -582,7 +581,10 @@ class ParametricMemory:
                 raise LLMError(f"adapter file {record.path} belongs to {header.get('id')}")
             if header["base_model"]["fingerprint"] != self.llm.model_fingerprint:
                 raise LLMError(f"adapter {record.id} was trained for another base model")
-            bank.load(record.bank_name, LoraSpec.from_json(header["lora"]), tensors)
+            gate = AdapterGate.from_file(header.get("gate"), tensors)
+            lora = {k: v for k, v in tensors.items() if not k.startswith(GATE_TENSORS)}
+            bank.load(record.bank_name, LoraSpec.from_json(header["lora"]), lora)
+            bank.set_gate(record.bank_name, gate)
 
     def chat(
         self,
@@ -595,16 +597,11 @@ class ParametricMemory:
         temperature: float = 0.0,
         stop: Sequence[str] | str | None = None,
         seed: int | None = None,
-        routed: bool = False,
+        gated: bool = True,
     ) -> ChatResult:
-        """Answer with the cubes' ready adapters attached (and nothing in the prompt).
-
-        ``routed``: attach only the adapters the last user message is close to."""
-        query = None
-        if routed:
-            query = next((str(m.get("content") or "") for m in reversed(messages)
-                          if m.get("role") == "user"), "")
-        selection = self.selection(cube_ids, user=user, scale=scale, query=query)
+        """Answer with the cubes' ready adapters attached (and nothing in the prompt); each
+        adapter's gate decides from the last user message whether it takes part."""
+        selection = self.selection(cube_ids, user=user, scale=scale, gated=gated)
         with self.bank.using(selection):
             return self.llm.chat(messages, max_new_tokens=max_new_tokens,
                                  temperature=temperature, stop=stop, seed=seed)

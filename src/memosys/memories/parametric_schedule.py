@@ -7,7 +7,9 @@ text stays out of the prompt and that adapter is attached to the call. Ready mea
 from exactly the memory's current version (any change or deletion makes the adapter stale,
 see :mod:`memosys.memories.parametric`), so the weights hold what the text says; stable and
 frequent is what got it distilled (``memosys distil --min-uses``). An adapter none of whose
-memories is relevant to the call is not attached.
+memories is relevant to the call is not attached, and neither is one whose gate stays closed
+for the call's question (:mod:`memosys.models.adapter_gate`): its memories then go in the
+prompt as plaintext, as if it did not exist, so a memory is never in neither place.
 
 Prefix KV caches hold base-model activations, so a call with adapters attached never
 continues from one (the scheduler's chat falls back to the full prompt).
@@ -40,25 +42,33 @@ class ParametricForms:
     memory: ParametricMemory
     holders: dict[str, AdapterRecord]
     """memory id -> the ready adapter holding it."""
+    query: str
     used: dict[str, AdapterRecord] = field(default_factory=dict)
+    _open: dict[str, bool] = field(default_factory=dict)
 
     def take(self, item: MemoryItem) -> str | None:
-        """The reason for form ``parametric`` if an adapter holds ``item`` (and use it)."""
+        """The reason for form ``parametric`` if an adapter holds ``item`` and its gate
+        opens for the query (and use it)."""
         record = self.holders.get(item.id)
         if record is None:
+            return None
+        if record.id not in self._open:
+            self._open[record.id] = self.memory.opens(record, self.query)
+        if not self._open[record.id]:
             return None
         self.used[record.id] = record
         return (f"distilled into adapter {record.name} ({record.id}, ready): answered from "
                 "the weights, not in the prompt")
 
     def selection(self) -> AdapterSelection | None:
+        """The adapters taken, their gates already consulted."""
         if not self.used:
             return None
-        return self.memory.load_selection(list(self.used.values()))
+        return self.memory.load_selection(list(self.used.values()), gated=False)
 
 
 def parametric_forms(
-    mos: MemOS, cube_ids: Sequence[str], local_llm: LocalLLM | None
+    mos: MemOS, cube_ids: Sequence[str], local_llm: LocalLLM | None, query: str
 ) -> ParametricForms | None:
     """The parametric options of one call (None: remote model, or no ready adapter)."""
     if local_llm is None:
@@ -71,7 +81,7 @@ def parametric_forms(
         for record in memory.records(cube):
             if record.status == READY:
                 holders.update({s["id"]: record for s in record.sources})
-    return ParametricForms(memory, holders) if holders else None
+    return ParametricForms(memory, holders, query) if holders else None
 
 
 def adapters_for_call(

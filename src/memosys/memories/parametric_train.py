@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from memosys.errors import TrainingInterrupted, ValidationError
 from memosys.models.adapters import DEFAULT_TARGETS, AdapterBank, AdapterSelection, LoraSpec
+from memosys.models.layer_states import states_entering
 
 if TYPE_CHECKING:
     import torch
@@ -202,7 +203,7 @@ def train_adapter(
     pad_id = int(bank.llm.tokenizer.pad_token_id or 0)
     started = time.perf_counter()
     split = min(spec.layers) if spec.layers else 0
-    frozen = _frozen_states(bank, examples, split) if split and start < config.steps else None
+    frozen = states_entering(bank, examples, split) if split and start < config.steps else None
     step = start
     try:
         while step < config.steps:
@@ -299,53 +300,6 @@ def _loss(
                 base = forward(AdapterSelection(), rows)
         logits = forward(selection, slice(None))
     return _combined(logits, base, rows, targets, mask, batch, answer_span, replay)
-
-
-class _Reached(Exception):
-    """Raised by a hook to stop a forward once the wanted layer input is captured."""
-
-
-def _frozen_states(
-    bank: AdapterBank, examples: Sequence[TokenExample], split: int, batch_size: int = 8
-) -> list[torch.Tensor]:
-    """Each example's hidden state entering decoder layer ``split`` (base weights below).
-
-    Batched with left padding (the real tokens' states equal the unpadded ones up to float
-    rounding), and each forward stops at layer ``split``: the layers above are not needed."""
-    import torch
-
-    model = bank.llm.model
-    captured: list[torch.Tensor] = []
-
-    def grab(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        captured.append(args[0] if args else kwargs["hidden_states"])
-        raise _Reached
-
-    out: list[torch.Tensor] = []
-    for start in range(0, len(examples), batch_size):
-        chunk = [p + a for p, a in examples[start:start + batch_size]]
-        longest = max(len(seq) for seq in chunk)
-        ids = torch.zeros((len(chunk), longest), dtype=torch.long)
-        mask = torch.zeros((len(chunk), longest), dtype=torch.long)
-        for row, seq in enumerate(chunk):
-            ids[row, longest - len(seq):] = torch.tensor(seq)
-            mask[row, longest - len(seq):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        captured.clear()
-        with bank.llm.lock, torch.no_grad():
-            bank._apply(AdapterSelection())
-            hook = model.model.layers[split].register_forward_pre_hook(grab, with_kwargs=True)
-            try:
-                model.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                            use_cache=False)
-            except _Reached:
-                pass
-            finally:
-                hook.remove()
-        hidden = captured[0]
-        for row, seq in enumerate(chunk):
-            out.append(hidden[row, longest - len(seq):].clone())
-    return out
 
 
 def _loss_from(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import warnings
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,8 @@ from memosys.models.local_llm import REQUEST_WEIGHTS, LocalLLM
 
 if TYPE_CHECKING:
     import torch
+
+    from memosys.models.adapter_gate import AdapterGate
 
 __all__ = ["AdapterBank", "AdapterSelection", "LoraSpec", "bank_for"]
 
@@ -81,9 +83,13 @@ class AdapterSelection:
     """Adapters (by name) and the scale each runs at for one request; empty: base model."""
 
     scales: tuple[tuple[str, float], ...] = field(default=())
+    gated: bool = True
+    """Whether the adapters' gates still decide (False: exactly these adapters, as when the
+    gates were already consulted, or to measure an adapter without its gate)."""
 
     @classmethod
-    def of(cls, adapters: Mapping[str, float] | None) -> AdapterSelection:
+    def of(cls, adapters: Mapping[str, float] | None, *, gated: bool = True
+           ) -> AdapterSelection:
         out: dict[str, float] = {}
         for name, scale in (adapters or {}).items():
             if not isinstance(scale, int | float) or not 0.0 <= float(scale) <= MAX_SCALE:
@@ -92,7 +98,7 @@ class AdapterSelection:
                 )
             if float(scale) > 0:  # scale 0 is the same as not attaching it
                 out[name] = float(scale)
-        return cls(tuple(sorted(out.items())))
+        return cls(tuple(sorted(out.items())), gated)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -108,9 +114,11 @@ class AdapterBank:
     def __init__(self, llm: LocalLLM) -> None:
         self.llm = llm
         self._specs: dict[str, LoraSpec] = {}
+        self._gates: dict[str, AdapterGate] = {}
         self._applied: AdapterSelection | None = None
         self._lock = threading.RLock()
         llm.forward_hook = self._apply
+        llm.request_hook = self._gate_request
 
     # ------------------------------------------------------------------ loading
 
@@ -236,7 +244,59 @@ class AdapterBank:
         if isinstance(peft_config, dict):
             peft_config.pop(name, None)
         self._specs.pop(name, None)
+        self._gates.pop(name, None)
         self._applied = None
+
+    # ------------------------------------------------------------------ gates
+
+    def set_gate(self, name: str, gate: AdapterGate | None) -> None:
+        """Give a loaded adapter its gate (None: ungated, in every request it is selected)."""
+        with self._lock:
+            self.spec(name)
+            if gate is None:
+                self._gates.pop(name, None)
+            else:
+                self._gates[name] = gate
+
+    def gate(self, name: str) -> AdapterGate | None:
+        with self._lock:
+            return self._gates.get(name)
+
+    def gate_scores(self, names: Sequence[str], question: str) -> dict[str, tuple[float, float]]:
+        """(score, threshold) of each gated adapter in ``names`` for one question."""
+        from memosys.models.adapter_gate import question_vectors
+
+        with self._lock:
+            gates = {n: self._gates[n] for n in names if n in self._gates}
+        vectors: dict[int, Any] = {}
+        out = {}
+        for name, gate in gates.items():
+            if gate.layer not in vectors:
+                vectors[gate.layer] = question_vectors(self, [question], gate.layer)[0]
+            out[name] = (gate.score(vectors[gate.layer]), gate.threshold)
+        return out
+
+    def open_for(self, selection: AdapterSelection, question: str | None) -> AdapterSelection:
+        """The selection with every adapter whose gate stays closed for ``question`` left
+        out (no question: nothing to compare, so the selection as it is)."""
+        if not selection.gated or question is None:
+            return AdapterSelection(selection.scales, gated=False)
+        scores = self.gate_scores(selection.names, question)
+        kept = tuple((n, s) for n, s in selection.scales
+                     if n not in scores or scores[n][0] >= scores[n][1])
+        return AdapterSelection(kept, gated=False)
+
+    def _gate_request(self, weights: object | None, token_ids: Sequence[int]) -> object | None:
+        """The model's request hook: a request's gates are decided once, from its last
+        user message, before its first forward."""
+        if not isinstance(weights, AdapterSelection) or not weights or not weights.gated:
+            return weights
+        with self._lock:
+            if not any(n in self._gates for n in weights.names):
+                return weights
+        from memosys.models.adapter_gate import last_user_message
+
+        return self.open_for(weights, last_user_message(self.llm.tokenizer, token_ids))
 
     # ------------------------------------------------------------------ per request
 

@@ -92,6 +92,9 @@ class LocalLLM:
         self.forward_hook: Callable[[object | None], None] | None = None
         """Called under :attr:`lock` right before every forward with the request's
         :data:`REQUEST_WEIGHTS` (``None``: base weights); set by the adapter bank."""
+        self.request_hook: Callable[[object | None, list[int]], object | None] | None = None
+        """Called once per generation request with its weights and the prompt tokens it
+        feeds; returns the weights the request runs with (the adapter bank's gates)."""
 
     id = f"local:{MODEL_NAME}"
 
@@ -306,6 +309,8 @@ class LocalLLM:
             cache = DynamicCache(config=self.model.config)
         budget = min(max_new_tokens, context - prompt_tokens)
         weights = REQUEST_WEIGHTS.get()
+        if self.request_hook is not None:
+            weights = self.request_hook(weights, pending)
         return self._decode(
             cache, pending, prompt_tokens, budget, temperature, stops, seed, weights
         )

@@ -225,7 +225,7 @@ class MemScheduler(BackgroundWork):
         record = SchedulingRecord(new_id(), datetime.fromtimestamp(now, UTC).isoformat(),
                                   query, list(cube_ids), model)
         stable_items = self._stable_candidates(view, cube_ids, record, now)
-        para = parametric_forms(self.mos, cube_ids, local_llm)
+        para = parametric_forms(self.mos, cube_ids, local_llm, query)
         hits = view.search(query, list(cube_ids), top_k=cfg.top_k + len(stable_items))
         self._reheat_promoted([h.item.id for h in hits if self._relevant(h)], now)
 
