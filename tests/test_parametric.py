@@ -227,7 +227,9 @@ def test_retiring_restores_the_memories_as_plaintext(pmos: MemOS) -> None:
     pmos.create_cube("c")
     ids = [pmos.add("c", text)[0].id for text in FACTS]
     pm = pmos.parametric
-    record = pm.distil("c", ids, config=NOOP, replay=0, evaluate=False, move=True)
+    record = pm.distil("c", ids, config=NOOP, replay=0, evaluate=False, move=True, gate=False)
+    assert record.header["gate"] is None  # no gate: it takes part in every request
+    assert pm.opens(record, "What is the capital of France?")
     assert [pmos.get(i).state.value for i in ids] == ["archived", "archived"]
     assert not pmos.search("Velbrook hometown", "c")
     assert pm.get(record.id).status == "ready"  # moving does not make it stale

@@ -66,6 +66,9 @@ def distil(
                                        "the adapter only, until retired.")] = False,
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval",
                                            help="Probe recall before and after.")] = True,
+    gate: Annotated[bool, typer.Option("--gate/--no-gate", help="Give the adapter a gate "
+                                       "(it then takes part only in requests about what it "
+                                       "holds); --no-gate: in every request.")] = True,
     steps: StepsOpt = None, lr: LrOpt = None, rank: RankOpt = None, batch_size: BatchOpt = None,
     home: HomeOpt = None, as_json: JsonOpt = False,
 ) -> None:
@@ -74,7 +77,7 @@ def distil(
         record = mos.parametric.distil(
             cube, memory, name=name, method=method,  # type: ignore[arg-type]
             config=train_config(steps, lr, rank, batch_size), move=move, evaluate=evaluate,
-            min_uses=min_uses, progress=bar,
+            min_uses=min_uses, gate=gate, progress=bar,
         )
     summary = record.summary()
     if as_json:

@@ -144,13 +144,17 @@ class ParametricMemory:
         replay: int | None = None,
         decoys: int | None = None,
         min_uses: int = 0,
+        gate: bool = True,
         progress: StepProgress | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> AdapterRecord:
         """Distil memories of ``cube`` into a new adapter and record it in the cube.
 
         ``memory_ids``: which memories (default: every active fact, preference, rule and
-        persona memory of the cube used in at least ``min_uses`` answers). ``method``:
+        persona memory of the cube used in at least ``min_uses`` answers). ``gate``: give the
+        adapter a gate (:mod:`memosys.models.adapter_gate`), so it takes part only in requests
+        about what it holds; False: it takes part in every request it is selected for (for
+        behaviour meant to apply everywhere). ``method``:
         ``"template"`` answers from the memory text; ``"context"`` answers as the base model
         does with the memory in its context (context distillation). ``replay``: how many
         replay prompts (default: all); ``decoys``: decoy questions per memory, answered by
@@ -179,7 +183,7 @@ class ParametricMemory:
             )
             return self._store(found.id, adapter_id, name, sources, examples, digest, method,
                                config, trained, probes_before, move=move, evaluate=evaluate,
-                               work=work, fingerprint=llm.model_fingerprint)
+                               work=work, fingerprint=llm.model_fingerprint, gated=gate)
         except BaseException:
             self.bank.remove(bank_name(adapter_id))
             raise
@@ -354,13 +358,14 @@ class ParametricMemory:
         evaluate: bool,
         work: Path,
         fingerprint: str,
+        gated: bool = True,
     ) -> AdapterRecord:
         from safetensors.torch import save
 
         spec = self.bank.spec(bank_name(adapter_id))
         gate = build_gate(self.bank, min(spec.layers) if spec.layers else 0,
                           [e.question for e in examples if e.kind not in ("replay", "decoy")],
-                          list(REPLAY_PROMPTS))
+                          list(REPLAY_PROMPTS)) if gated else None
         self.bank.set_gate(bank_name(adapter_id), gate)
         probes_after = self._probe(sources, bank_name(adapter_id)) if evaluate else []
         versions = {s.id: s.version + (1 if move else 0) for s in sources}
@@ -371,7 +376,7 @@ class ParametricMemory:
             "cube_id": cube_id,
             "base_model": {"id": self.llm.id, "fingerprint": fingerprint},
             "lora": spec.to_json(),
-            "gate": gate.header(),
+            "gate": None if gate is None else gate.header(),
             "sources": [
                 {"id": s.id, "version": versions[s.id], "text_sha256": sha256_text(s.text)}
                 for s in sources
@@ -392,7 +397,7 @@ class ParametricMemory:
             "created_at": utcnow().isoformat(timespec="seconds"),
         }
         path = self.root / cube_id / f"{adapter_id}.safetensors"
-        blob = save({**trained.tensors, **gate.tensors()},
+        blob = save({**trained.tensors, **(gate.tensors() if gate is not None else {})},
                     metadata={HEADER_KEY: json.dumps(header)})
         write_atomic(path, blob)
         text = (f"LoRA adapter {header['name']!r} holding {len(sources)} distilled memories "
@@ -431,6 +436,7 @@ class ParametricMemory:
         kwargs.setdefault("name", old.name)
         kwargs.setdefault("method", old.header.get("data", {}).get("method", "template"))
         kwargs.setdefault("move", bool(old.header.get("moved_sources")))
+        kwargs.setdefault("gate", old.header.get("gate", {}) is not None)  # kept off if off
         fresh = self.distil(old.cube_id, [i.id for i in keep], **kwargs)
         if old.status != RETIRED:
             self._set_status(old, RETIRED, f"rebuilt as {fresh.id}")
