@@ -124,6 +124,60 @@ def test_text_that_postgres_text_cannot_hold_round_trips(pg_url: str) -> None:
 
 
 # --- the HNSW path -------------------------------------------------------------------------
+def test_pruned_bm25_is_exactly_bm25_over_every_match(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The MaxScore pruning returns what scoring every matching document returns: checked
+    against BM25 computed here from the stored tsvectors, on a cube where most documents
+    hold only the common word, so the pruning does skip them."""
+    import math
+    import re
+
+    from memosys.infra.vault import postgres_search
+
+    vault = PostgresVault(pg_url)
+    try:
+        cube = vault.create_cube(make_cube())
+        texts = ([f"the garden note {i} of the garden club" for i in range(300)]
+                 + [f"a rare orchid {i} in the garden" for i in range(12)]
+                 + [f"an orchid, an orchid and an orchid {i}" for i in range(3)])
+        writes = [Write(make_item(cube, t), "add", None, v)
+                  for t, v in zip(texts, unit_vectors(len(texts), seed=5), strict=True)]
+        vault.commit(cube.id, writes)
+        rounds: list[list[str]] = []
+        scored = postgres_search.SearchMixin._bm25
+
+        def spy(self, conn, essential, *args, **kwargs):  # type: ignore[no-untyped-def]
+            rounds.append(list(essential))
+            return scored(self, conn, essential, *args, **kwargs)
+
+        monkeypatch.setattr(postgres_search.SearchMixin, "_bm25", spy)
+        flt = ItemFilter(cube_ids=(cube.id,))
+        got = vault.search_text("orchid garden", flt, 5)
+        assert rounds == [["orchid"]]  # the 300 garden-only documents were never scored
+
+        with psycopg.connect(pg_url) as conn:
+            rows = conn.execute("SELECT id, tsv::text, doc_len, seq FROM items "
+                                "WHERE cube_id = %s", (cube.id,)).fetchall()
+        docs = {i: (dict((m[0], len(m[1].split(","))) for m in
+                         re.findall(r"'([^']+)':([\d,]+)", tsv)), dl, seq)
+                for i, tsv, dl, seq in rows}
+        n = len(docs)
+        avgdl = sum(dl for _, dl, _ in docs.values()) / n
+        df = {lex: sum(lex in d for d, _, _ in docs.values()) for lex in ("orchid", "garden")}
+
+        def bm25(terms: dict[str, int], dl: int) -> float:
+            return sum(max(math.log((n - df[t] + 0.5) / (df[t] + 0.5)), 1e-6) * terms[t] * 2.2
+                       / (terms[t] + 1.2 * (0.25 + 0.75 * dl / avgdl)) for t in df if t in terms)
+
+        expected = sorted(((bm25(t, dl), -seq, i) for i, (t, dl, seq) in docs.items()
+                           if any(x in t for x in df)), reverse=True)[:5]
+        assert [i for i, _ in got] == [i for _, _, i in expected]
+        assert [s for _, s in got] == pytest.approx([s for s, _, _ in expected], rel=1e-9)
+    finally:
+        vault.close()
+
+
 def test_cube_gets_an_hnsw_index_past_the_threshold(pg_url: str) -> None:
     vault = PostgresVault(pg_url, ann_threshold=60)
     cube = vault.create_cube(make_cube(dim=16))

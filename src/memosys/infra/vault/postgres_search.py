@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -32,6 +33,16 @@ _B = 0.75
 
 _ANN_LOCK_BASE = 0x6D656D6F73797400
 """Advisory lock keys for building one cube's HNSW index (one builder per cube)."""
+
+
+def _idf(n: float, df: float) -> float:
+    """FTS5's idf, floored as the SQL floors it."""
+    return max(math.log((n - df + 0.5) / (df + 0.5)), 1e-6)
+
+
+def _quoted(lexeme: str) -> str:
+    """A lexeme as a tsquery operand, matched as it is (no parsing, no stemming)."""
+    return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def _clean(value: str | None) -> str | None:
@@ -102,44 +113,85 @@ class SearchMixin:
 
     def search_text(self, query: str, flt: ItemFilter, limit: int) -> list[tuple[str, float]]:
         """BM25 (k1 1.2, b 0.75, FTS5's idf) over the searched cubes: N and the average
-        length from the cubes' counters, document frequencies from the matching rows.
-        The query is the OR of its words, each quoted: user text is never tsquery syntax."""
-        terms = [_clean(t) or "" for t in query_terms(query)]
-        if not terms:
+        length from the cubes' counters, document frequencies counted in the searched cubes.
+
+        Exact top ``limit`` with MaxScore pruning: a word can add at most idf × (k1 + 1) to a
+        score, so once the rarer words' matches hold ``limit`` results scoring above what the
+        common words could add together, documents holding only common words cannot enter
+        the top and are never scored (a question with a name that is in every tenth memory
+        then scores hundreds of rows, not tens of thousands). User text never becomes
+        tsquery syntax: lexemes are quoted."""
+        if not query_terms(query):
             return []
-        # \\w+ words hold no quote or backslash, so quoting them makes plain lexemes.
-        tsquery = " | ".join(f"'{t}'" for t in terms)
-        where, params = where_clause(flt)
         cubes = [_clean(c) for c in flt.cube_ids]
         scope, scope_params = ("id = ANY(%s)", [cubes]) if cubes else ("TRUE", [])
         item_scope = "i.cube_id = ANY(%s)" if cubes else "TRUE"
-        rows = self._read(
+        words = " ".join(_clean(t) or "" for t in query_terms(query))
+        with self.connection() as conn:
+            rows = conn.execute(
+                f"""
+                WITH stats AS (
+                    SELECT greatest(sum(doc_count), 1)::float8 AS n,
+                           greatest(sum(token_count)::float8 / greatest(sum(doc_count), 1), 1)
+                               AS avgdl
+                    FROM cubes WHERE {scope}),
+                q AS (SELECT DISTINCT unnest(tsvector_to_array(
+                          to_tsvector('{TEXT_SEARCH_CONFIG}', %s))) AS lexeme)
+                SELECT q.lexeme, s.n, s.avgdl,
+                       (SELECT count(*) FROM items i
+                        WHERE i.tsv @@ quote_literal(q.lexeme)::tsquery AND {item_scope})
+                FROM q, stats s ORDER BY q.lexeme
+                """,  # type: ignore[arg-type]
+                (*scope_params, words, *scope_params),
+            ).fetchall()
+            df = {lexeme: float(count) for lexeme, _, _, count in rows if count}
+            if not df:
+                return []
+            n, avgdl = float(rows[0][1]), float(rows[0][2])
+            bound = {lex: _idf(n, d) * (_K1 + 1) for lex, d in df.items()}
+            # the words in order of what they can add, the rarest first
+            ordered = sorted(df, key=lambda lex: (-bound[lex], lex))
+            hits: list[tuple[str, float]] = []
+            for k in range(1, len(ordered) + 1):
+                essential, rest = ordered[:k], ordered[k:]
+                if rest and sum(df[lex] for lex in essential) < limit:
+                    continue  # too few matches yet to know the top's lowest score
+                hits = self._bm25(conn, essential, df, n, avgdl, flt, item_scope,
+                                  scope_params, limit)
+                if not rest or (len(hits) >= limit
+                                and hits[limit - 1][1] > sum(bound[lex] for lex in rest)):
+                    return hits
+        return hits
+
+    def _bm25(self, conn: psycopg.Connection[Any], essential: list[str], df: dict[str, float],
+              n: float, avgdl: float, flt: ItemFilter, item_scope: str,
+              scope_params: list[Any], limit: int) -> list[tuple[str, float]]:
+        """Top ``limit`` by BM25 over every query lexeme, among the documents holding one of
+        the ``essential`` lexemes."""
+        where, params = where_clause(flt)
+        lexemes = sorted(df)
+        tsquery = " | ".join(_quoted(lex) for lex in essential)
+        rows = conn.execute(
             f"""
-            WITH stats AS (
-                SELECT greatest(sum(doc_count), 1)::float8 AS n,
-                       greatest(sum(token_count)::float8 / greatest(sum(doc_count), 1), 1)
-                           AS avgdl
-                FROM cubes WHERE {scope}),
-            q AS (SELECT tsvector_to_array(to_tsvector('{TEXT_SEARCH_CONFIG}', %s)) AS lexemes),
+            WITH d AS (SELECT * FROM unnest(%s::text[], %s::float8[]) AS d(lexeme, df)),
             hits AS MATERIALIZED (
                 -- each hit's tsvector cut down to the query's lexemes (weight-tag, filter)
-                SELECT i.id, i.seq, i.doc_len, ({where}) AS ok,
-                       ts_filter(setweight(i.tsv, 'A', q.lexemes), '{{a}}') AS matched
-                FROM items i, q
-                WHERE i.tsv @@ to_tsquery('{TEXT_SEARCH_CONFIG}', %s) AND {item_scope}),
+                SELECT i.id, i.seq, i.doc_len,
+                       ts_filter(setweight(i.tsv, 'A', %s::text[]), '{{a}}') AS matched
+                FROM items i
+                WHERE i.tsv @@ %s::tsquery AND {item_scope} AND {where}),
             tf AS (
                 SELECT h.id, u.lexeme, coalesce(array_length(u.positions, 1), 1) AS tf
-                FROM hits h, unnest(h.matched) u),
-            df AS (SELECT lexeme, count(*)::float8 AS df FROM tf GROUP BY lexeme)
-            SELECT h.id, sum(greatest(ln((s.n - df.df + 0.5) / (df.df + 0.5)), 1e-6)
+                FROM hits h, unnest(h.matched) u)
+            SELECT h.id, sum(greatest(ln((%s - d.df + 0.5) / (d.df + 0.5)), 1e-6)
                              * tf.tf * {_K1 + 1}
-                             / (tf.tf + {_K1} * (1 - {_B} + {_B} * h.doc_len / s.avgdl))) AS score
-            FROM hits h JOIN tf ON tf.id = h.id JOIN df ON df.lexeme = tf.lexeme, stats s
-            WHERE h.ok
+                             / (tf.tf + {_K1} * (1 - {_B} + {_B} * h.doc_len / %s))) AS score
+            FROM hits h JOIN tf ON tf.id = h.id JOIN d ON d.lexeme = tf.lexeme
             GROUP BY h.id, h.seq ORDER BY score DESC, h.seq LIMIT %s
-            """,
-            (*scope_params, " ".join(terms), *params, tsquery, *scope_params, limit),
-        )
+            """,  # type: ignore[arg-type]
+            (lexemes, [df[lex] for lex in lexemes], lexemes, tsquery, *scope_params, *params,
+             n, avgdl, limit),
+        ).fetchall()
         return [(item_id, float(score)) for item_id, score in rows]
 
     def search_vector(
