@@ -150,6 +150,16 @@ CREATE TABLE jobs (
 CREATE INDEX jobs_claim ON jobs (state, kind, created_at, seq);
 """
 
+_V7 = """
+-- Statistics on the JSON fields that filters read (kind, visibility), so the planner knows
+-- how selective they are. Without them it guesses 0.5 % for any such condition and, on a
+-- large cube, scans every row and sorts by distance instead of walking the HNSW index
+-- (measured: 477 ms against 2 ms per vector search at 100k memories).
+CREATE STATISTICS items_kind_stats ON ((doc::json ->> 'kind')) FROM items;
+CREATE STATISTICS items_visibility_stats ON ((doc::json ->> 'visibility')) FROM items;
+ANALYZE items;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: cubes, items, versions, stats, vectors, snapshots", _V1),
     Migration(2, "durable background jobs", _V2),
@@ -159,6 +169,7 @@ MIGRATIONS: tuple[Migration, ...] = (
               GRAPH_MIGRATION_SQL),
     Migration(5, "topic index: topics, members, keywords", TOPIC_MIGRATION_SQL),
     Migration(6, "change events: outbox, webhooks, deliveries, attempts", EVENTS_SQL),
+    Migration(7, "planner statistics on the JSON filter fields", _V7),
 )
 LATEST = MIGRATIONS[-1].version
 
