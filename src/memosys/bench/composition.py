@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
+from memosys.models.llm import common_prefix
 from memosys.operation.prompt import DEFAULT_SYSTEM, render_section, stable_text
 from memosys.operation.scheduler_worker import SYSTEM_OPEN
 from memosys.types import MemoryItem, MemoryType
@@ -117,7 +118,7 @@ def run_composition_bench(*, max_new_tokens: int = 24, json_file: Path | None = 
                 got_ids = tok(got.text, add_special_tokens=False)["input_ids"]
                 logp = _first_logprobs(llm, cache, ids[n:])
                 stats[name]["same"].append(float(got.text == ref.text))
-                stats[name]["matched"].append(float(_common_prefix(ref_ids, got_ids)))
+                stats[name]["matched"].append(float(common_prefix(ref_ids, got_ids)))
                 stats[name]["kl"].append(float(torch.sum(ref_logp.exp() * (ref_logp - logp))))
     rows = [MethodRow(name, int(sum(s["same"])), len(QUERIES),
                       round(statistics.mean(s["matched"]), 2),
@@ -184,12 +185,3 @@ def _first_logprobs(llm: LocalLLM, cache: DynamicCache | None, ids: list[int]) -
         logits = llm.model(input_ids=torch.tensor([ids]), past_key_values=work,
                            use_cache=work is not None, logits_to_keep=1).logits[0, -1]
     return torch.log_softmax(logits.float(), dim=-1)
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n

@@ -73,7 +73,7 @@ from memosys.memories.parametric_train import TrainConfig, TrainResult, train_ad
 from memosys.models.adapter_gate import TENSOR_PREFIX as GATE_TENSORS
 from memosys.models.adapter_gate import AdapterGate, build_gate
 from memosys.models.adapters import AdapterBank, AdapterSelection, LoraSpec, bank_for
-from memosys.models.llm import ChatResult, Message
+from memosys.models.llm import ChatResult, Message, common_prefix
 from memosys.types import MemoryItem, MemoryKind, MemoryState, MemoryType, new_id, utcnow
 
 if TYPE_CHECKING:
@@ -277,9 +277,7 @@ class ParametricMemory:
                    for q in questions]
         shared = len(prompts[0]) - 1
         for ids in prompts[1:]:
-            shared = min(shared, len(ids) - 1,
-                         next((k for k, (a, b) in enumerate(zip(prompts[0], ids, strict=False))
-                               if a != b), len(ids)))
+            shared = min(shared, len(ids) - 1, common_prefix(prompts[0], ids))
         with self.bank.using(None):
             if shared < 1:
                 return [llm.generate(ids, max_new_tokens=PROBE_TOKENS) for ids in prompts]
@@ -363,7 +361,7 @@ class ParametricMemory:
         from safetensors.torch import save
 
         spec = self.bank.spec(bank_name(adapter_id))
-        gate = build_gate(self.bank, min(spec.layers) if spec.layers else 0,
+        gate = build_gate(self.bank, spec.first_layer,
                           [e.question for e in examples if e.kind not in ("replay", "decoy")],
                           list(REPLAY_PROMPTS)) if gated else None
         self.bank.set_gate(bank_name(adapter_id), gate)

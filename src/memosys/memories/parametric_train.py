@@ -202,7 +202,7 @@ def train_adapter(
     selection = AdapterSelection.of({name: 1.0})
     pad_id = int(bank.llm.tokenizer.pad_token_id or 0)
     started = time.perf_counter()
-    split = min(spec.layers) if spec.layers else 0
+    split = spec.first_layer
     frozen = states_entering(bank, examples, split) if split and start < config.steps else None
     step = start
     try:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from memosys.errors import LLMError
+from memosys.models.llm import common_prefix
 
 if TYPE_CHECKING:
     import numpy as np
@@ -112,8 +113,8 @@ def question_vectors(bank: AdapterBank, questions: Sequence[str], layer: int) ->
     states = states_entering(bank, [(p, []) for p in prompts], layer)
     rows = []
     for prompt, state in zip(prompts, states, strict=True):
-        head = _common_prefix(empty, prompt)
-        tail = _common_prefix(empty[::-1], prompt[::-1])
+        head = common_prefix(empty, prompt)
+        tail = common_prefix(empty[::-1], prompt[::-1])
         span = state[head:len(prompt) - tail] if len(prompt) - tail > head else state
         rows.append(span.float().mean(0).numpy())
     return np.stack(rows).astype(np.float32)
@@ -147,12 +148,3 @@ def _unit(rows: np.ndarray) -> np.ndarray:
 
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
     return rows / np.where(norms == 0, 1.0, norms)
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n

@@ -59,6 +59,11 @@ class LoraSpec:
         if not self.target_modules:
             raise ValidationError("LoRA needs at least one target module")
 
+    @property
+    def first_layer(self) -> int:
+        """The lowest adapted decoder layer: below it the model is the base model."""
+        return min(self.layers) if self.layers else 0
+
     def to_json(self) -> dict[str, Any]:
         return {
             "rank": self.rank,
@@ -257,10 +262,6 @@ class AdapterBank:
                 self._gates.pop(name, None)
             else:
                 self._gates[name] = gate
-
-    def gate(self, name: str) -> AdapterGate | None:
-        with self._lock:
-            return self._gates.get(name)
 
     def gate_scores(self, names: Sequence[str], question: str) -> dict[str, tuple[float, float]]:
         """(score, threshold) of each gated adapter in ``names`` for one question."""

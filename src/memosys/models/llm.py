@@ -39,6 +39,7 @@ __all__ = [
     "check_messages",
     "check_stop",
     "clear_llm_cache",
+    "common_prefix",
     "make_llm",
 ]
 
@@ -132,6 +133,16 @@ def check_stop(stop: Sequence[str] | str | None) -> list[str]:
         if not isinstance(s, str) or not s:
             raise LLMError(f"stop strings must be non-empty str, got {s!r}")
     return items
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading token ids two sequences share."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def check_sampling(max_new_tokens: int, temperature: float) -> None:

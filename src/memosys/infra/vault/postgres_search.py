@@ -121,12 +121,13 @@ class SearchMixin:
         the top and are never scored (a question with a name that is in every tenth memory
         then scores hundreds of rows, not tens of thousands). User text never becomes
         tsquery syntax: lexemes are quoted."""
-        if not query_terms(query):
+        terms = query_terms(query)
+        if not terms:
             return []
         cubes = [_clean(c) for c in flt.cube_ids]
         scope, scope_params = ("id = ANY(%s)", [cubes]) if cubes else ("TRUE", [])
         item_scope = "i.cube_id = ANY(%s)" if cubes else "TRUE"
-        words = " ".join(_clean(t) or "" for t in query_terms(query))
+        words = " ".join(_clean(t) or "" for t in terms)
         with self.connection() as conn:
             rows = conn.execute(
                 f"""
